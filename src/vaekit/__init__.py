@@ -1,0 +1,23 @@
+"""vaekit: variational auto-encoders on PyTorch.
+
+    from vaekit import RunConfig, fit, evaluate_run, sample_run
+"""
+
+from .checkpoint import load_model, save_checkpoint
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .data import SOURCES, DataSplits, Dataset, batches, data_root, load_data
+from .demo import run_demo
+from .distributions import Bernoulli, DiagonalGaussian, PointMass, gaussian_kl
+from .errors import CheckpointError, ConfigError, DataError, VaekitError
+from .evaluate import evaluate, evaluate_run
+from .idx import read_idx
+from .images import image_grid, save_png
+from .likelihoods import LIKELIHOODS
+from .models import MODELS, VAE, AutoEncoder, build_model
+from .objectives import LOSSES, ae_loss, elbo
+from .sampling import sample_run
+from .train import FitResult, fit
+
+__version__ = "0.1.0"
+
+__all__ = [name for name in dir() if not name.startswith("_")]

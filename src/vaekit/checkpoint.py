@@ -1,0 +1,163 @@
+"""Run directories: config.json + checkpoint/{model,trainer}.safetensors + metrics.jsonl.
+
+No pickle anywhere: weights, optimiser moments and RNG states are safetensors tensors, the
+rest is JSON metadata. A checkpoint is written to a temporary folder and swapped in with
+renames, so a crash at any moment leaves the previous complete checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import RunConfig
+from .errors import CheckpointError, VaekitError
+
+FORMAT = "vaekit-checkpoint"
+VERSION = "1"
+CKPT, CKPT_TMP, CKPT_OLD = "checkpoint", ".checkpoint.tmp", ".checkpoint.old"
+
+
+def _file_mode() -> int:
+    """The mode open() would give a new file (mkstemp's is 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename over it: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (Path(run_dir) / CKPT).is_dir() or (Path(run_dir) / CKPT_OLD).is_dir()
+
+
+def _checkpoint_dir(run_dir: Path) -> Path:
+    """The newest complete checkpoint; after a crash mid-swap that is the old one."""
+    run_dir = Path(run_dir)
+    for name in (CKPT, CKPT_OLD):
+        if (run_dir / name).is_dir():
+            return run_dir / name
+    raise CheckpointError(f"{run_dir} holds no checkpoint (no {CKPT}/ folder); is it a vaekit run directory?")
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Save weights, optimiser and trainer `state` (JSON scalars + tensors under state['tensors'])."""
+    run_dir = Path(run_dir)
+    tmp, final, old = run_dir / CKPT_TMP, run_dir / CKPT, run_dir / CKPT_OLD
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {"format": FORMAT, "version": VERSION, "epoch": str(state["epoch"])}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors", meta)
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors = {**opt_tensors, **{f"state/{k}": v for k, v in state.get("tensors", {}).items()}}
+    scalars = {k: v for k, v in state.items() if k != "tensors"}
+    save_file(tensors, tmp / "trainer.safetensors", {**meta, "optimizer": json.dumps(opt_meta), "state": json.dumps(scalars)})
+    if final.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the run directory is incomplete")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is not a vaekit checkpoint (no '{FORMAT}' marker); train with vaekit or pick another file")
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or unreadable ({e}); resume from another run or retrain") from None
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist; pass the folder `vaekit train --run-dir` wrote")
+    if not (run_dir / "config.json").is_file():
+        raise CheckpointError(f"{run_dir} has no config.json; is it a vaekit run directory?")
+    try:
+        return RunConfig.load(run_dir / "config.json")
+    except VaekitError as e:
+        raise CheckpointError(f"{run_dir / 'config.json'}: {e}") from None
+
+
+def load_model(run_dir: Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, RunConfig, epoch) from a run directory."""
+    from .models import build_model
+
+    config = load_config(run_dir)
+    model = build_model(config.model)
+    epoch = load_weights(run_dir, model)
+    return model.to(device).eval(), config, epoch
+
+
+def load_weights(run_dir: Path, model: torch.nn.Module) -> int:
+    """Load the checkpoint's weights into `model` in place; return the epoch they are from."""
+    tensors, meta = _read(_checkpoint_dir(run_dir) / "model.safetensors")
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"the weights in {run_dir} do not fit its config.json ({first}); was the config edited?") from None
+    return int(meta["epoch"])
+
+
+def load_trainer_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore the optimiser in place and return the trainer state saved beside it."""
+    tensors, meta = _read(_checkpoint_dir(run_dir) / "trainer.safetensors")
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["optimizer"])))
+        state = json.loads(meta["state"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"the trainer state in {run_dir} does not fit this run ({e}); start a new run") from None
+    state["tensors"] = {k.removeprefix("state/"): v for k, v in tensors.items() if k.startswith("state/")}
+    return state
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for pid, slots in sd["state"].items():
+        for name, v in slots.items():
+            if torch.is_tensor(v):
+                tensors[f"optim/{pid}/{name}"] = v.contiguous()
+            else:
+                scalars[f"{pid}/{name}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim/"):
+            _, pid, name = key.split("/", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for key, v in meta["scalars"].items():
+        pid, name = key.split("/", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}

@@ -1,0 +1,169 @@
+"""The `vaekit` command: parse arguments -> config -> one library call. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import DEVICES, KL_MODES, PIXEL_MODES, PRECISIONS, DataConfig, ModelConfig, RunConfig, TrainConfig
+from .errors import VaekitError
+
+# CLI flag -> (config section, field). Every flag defaults to None: only what is given overrides.
+_FIELDS = {
+    "model": ("model", "model"), "latent_dim": ("model", "latent_dim"), "hidden": ("model", "hidden_dims"),
+    "activation": ("model", "activation"), "likelihood": ("model", "likelihood"), "obs_std": ("model", "obs_std"),
+    "data": ("data", "source"), "pixels": ("data", "pixels"), "val_size": ("data", "val_size"),
+    "data_dir": ("data", "data_dir"), "limit": ("data", "limit"),
+    "loss": ("train", "loss"), "beta": ("train", "beta"), "mc_samples": ("train", "mc_samples"), "kl": ("train", "kl"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "seed": ("train", "seed"), "device": ("train", "device"), "precision": ("train", "precision"),
+}
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """Overlay the flags that were given on `base` (default: RunConfig())."""
+    base = base or RunConfig()
+    sections = {name: {} for name in ("model", "data", "train")}
+    for flag, (section, field) in _FIELDS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            sections[section][field] = value
+    if "model" in sections["model"] and "loss" not in sections["train"]:
+        from .models import MODELS  # an AE trains on its reconstruction loss unless told otherwise
+        if sections["model"]["model"] in MODELS:
+            sections["train"]["loss"] = MODELS[sections["model"]["model"]].default_loss
+    return RunConfig(**{name: dataclasses.replace(getattr(base, name), **vals) for name, vals in sections.items()})
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("model")
+    m.add_argument("--model", help="vae (default) or ae")
+    m.add_argument("--latent-dim", type=int, help="size of z (default 20)")
+    m.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths (default 400)")
+    m.add_argument("--activation", help="relu (default), tanh, elu, gelu, silu, leaky_relu")
+    m.add_argument("--likelihood", help="bernoulli (default), gaussian, gaussian-learned")
+    m.add_argument("--obs-std", type=float, help="sigma of the fixed Gaussian likelihood (default 0.1)")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", help="mnist (default) or digits (bundled 8x8 digits, no download)")
+    d.add_argument("--pixels", choices=PIXEL_MODES, help="grey (default), dynamic or static binarisation")
+    d.add_argument("--val-size", type=int, help="validation images carved from the training set (default 5000)")
+    d.add_argument("--data-dir", help="dataset cache (default $VAEKIT_DATA, else ~/.cache/vaekit)")
+    d.add_argument("--limit", type=int, help="train on the first N training images only")
+    t = p.add_argument_group("training")
+    t.add_argument("--loss", help="elbo (default for vae) or ae")
+    t.add_argument("--beta", type=float, help="KL weight (default 1)")
+    t.add_argument("-L", "--mc-samples", type=int, help="samples of z per image for E_q[log p(x|z)] (default 1)")
+    t.add_argument("--kl", choices=KL_MODES, help="analytic (default) or mc")
+    t.add_argument("--epochs", type=int, help="total epochs (default 10)")
+    t.add_argument("--batch-size", type=int, help="default 128")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--seed", type=int, help="default 0")
+    t.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
+    t.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16 autocast")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vaekit", description="Variational auto-encoders: train, evaluate, sample.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="train a model into a run directory")
+    tr.add_argument("--run-dir", help="where the run is written (default runs/<model>-<data>-<time>)")
+    tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN (only --epochs/--device may change)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_train_flags(tr)
+
+    ev = sub.add_parser("eval", help="test-set negative ELBO, reconstruction and KL in nats/image")
+    ev.add_argument("run")
+    ev.add_argument("--split", default="test", choices=("test", "val"))
+    ev.add_argument("-L", "--mc-samples", type=int, help="samples of z per image (default: as trained)")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.add_argument("--device", default="auto", choices=DEVICES)
+    ev.add_argument("--data-dir", help="dataset cache, if not where the run found it")
+    ev.add_argument("--seed", type=int, default=0)
+
+    sa = sub.add_parser("sample", help="decode z ~ N(0, I) into an image grid")
+    sa.add_argument("run")
+    sa.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    sa.add_argument("--out", default="samples.png", help="PNG file (default samples.png)")
+    sa.add_argument("--temperature", type=float, default=1.0, help="scale of z's standard deviation")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--nrow", type=int, help="images per row (default: square)")
+    sa.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG (default 2)")
+    sa.add_argument("--device", default="auto", choices=DEVICES)
+
+    de = sub.add_parser("demo", help="the whole story: train a VAE on MNIST (else bundled digits), evaluate, sample")
+    de.add_argument("--run-dir", default="runs/demo", help="default runs/demo")
+    de.add_argument("--epochs", type=int, help="default 10 on MNIST, 100 on the bundled digits")
+    de.add_argument("--data", choices=("mnist", "digits"), help="default: MNIST if it can be found or downloaded")
+    de.add_argument("--data-dir", help="dataset cache (default $VAEKIT_DATA, else ~/.cache/vaekit)")
+    de.add_argument("--device", default="auto", choices=DEVICES)
+    de.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _train(args) -> int:
+    from .train import fit
+
+    if args.resume:
+        from .checkpoint import load_config
+
+        run_dir = Path(args.resume)
+        config = config_from_args(args, base=load_config(run_dir))
+        fit(config, run_dir, resume=True, progress=not args.no_progress)
+    else:
+        config = config_from_args(args)
+        run_dir = Path(args.run_dir or f"runs/{config.model.model}-{config.data.source}-{time.strftime('%Y%m%d-%H%M%S')}")
+        fit(config, run_dir, progress=not args.no_progress)
+    print(f"run saved in {run_dir}")
+    return 0
+
+
+def _eval(args) -> int:
+    from .evaluate import evaluate_run
+
+    r = evaluate_run(args.run, args.split, args.mc_samples, args.device, args.data_dir, args.seed)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"{r['run']} ({r['model']}, epoch {r['epoch']}), {r['split']} set of {r['n']} images, "
+              f"L={r['mc_samples']}:\n  loss {r['loss']:.2f} nats/image  (recon {r['recon']:.2f}, kl {r['kl']:.2f})")
+    return 0
+
+
+def _sample(args) -> int:
+    from .sampling import sample_run
+
+    out = sample_run(args.run, args.n, args.out, args.temperature, args.seed, args.nrow, args.scale, args.device)
+    print(f"wrote {out}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.run_dir, epochs=args.epochs, source=args.data, data_dir=args.data_dir,
+             device=args.device, progress=not args.no_progress)
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except VaekitError as e:
+        print(f"vaekit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vaekit: interrupted; finished epochs are saved (continue with `vaekit train --resume RUN`)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

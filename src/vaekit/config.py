@@ -1,0 +1,128 @@
+"""Frozen configuration dataclasses, saved as config.json next to the weights.
+
+A run is fully described by RunConfig(model, data, train). Models never mutate their
+config; changing an option means building a new config (dataclasses.replace).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+PIXEL_MODES = ("grey", "dynamic", "static")  # grey in [0,1]; Bernoulli draw per epoch; one fixed draw
+KL_MODES = ("analytic", "mc")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_positive(name: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        need = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}={value!r} is impossible: it must be {need}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = "vae"                           # a key of vaekit.models.MODELS
+    input_shape: tuple[int, ...] = (1, 28, 28)   # (C, H, W); filled in from the data at train time
+    latent_dim: int = 20
+    hidden_dims: tuple[int, ...] = (400,)        # encoder widths; the decoder mirrors them
+    activation: str = "relu"
+    likelihood: str = "bernoulli"                # a key of vaekit.distributions.LIKELIHOODS
+    obs_std: float = 0.1                         # std of the fixed-variance Gaussian likelihood
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        object.__setattr__(self, "hidden_dims", tuple(int(d) for d in self.hidden_dims))
+        _check_positive("latent_dim", self.latent_dim)
+        for d in self.hidden_dims + self.input_shape:
+            _check_positive("a layer size", d)
+        _check_positive("obs_std", self.obs_std)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "mnist"            # a key of vaekit.data.SOURCES
+    pixels: str = "grey"
+    val_size: int = 5000             # carved from the training set; 0 means no validation
+    data_dir: str | None = None      # None: $VAEKIT_DATA, else ~/.cache/vaekit
+    limit: int | None = None         # use only the first N training images (quick runs, tests)
+
+    def __post_init__(self):
+        _check_choice("pixels", self.pixels, PIXEL_MODES)
+        _check_positive("val_size", self.val_size, allow_zero=True)
+        if self.limit is not None:
+            _check_positive("limit", self.limit)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: str = "elbo"               # a key of vaekit.objectives.LOSSES
+    beta: float = 1.0                # weight of the KL term (1 = the ELBO)
+    mc_samples: int = 1              # L, samples of z per example for E_q[log p(x|z)]
+    kl: str = "analytic"             # closed form, or Monte Carlo log q(z|x) - log p(z)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"          # bf16 autocast for the matmuls; weights and sums stay fp32
+
+    def __post_init__(self):
+        _check_positive("beta", self.beta, allow_zero=True)
+        _check_positive("mc_samples", self.mc_samples)
+        _check_choice("kl", self.kl, KL_MODES)
+        _check_positive("epochs", self.epochs, allow_zero=True)
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("lr", self.lr)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        parts = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+        if not isinstance(d, dict) or set(d) - set(parts):
+            raise ConfigError(f"a run config has the sections {', '.join(parts)}; got {sorted(d) if isinstance(d, dict) else type(d).__name__}")
+        return cls(**{k: _build(parts[k], d.get(k, {})) for k in parts})
+
+    def save(self, path: str | Path) -> None:
+        from .checkpoint import atomic_write_text  # one atomic-write helper for the project
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+
+
+def _build(kind, values: dict):
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown {kind.__name__} field(s): {', '.join(sorted(unknown))}")
+    try:
+        return kind(**values)
+    except TypeError as e:
+        raise ConfigError(f"bad {kind.__name__}: {e}") from None

@@ -1,0 +1,141 @@
+"""Small distribution objects: rsample / sample / log_prob / kl / entropy / mode.
+
+`log_prob` sums over the event dimensions and returns one value per example (and per
+Monte Carlo sample when z carries a leading sample dimension). The event is the last
+`event_ndim` dimensions, so the same object serves as a posterior q(z|x) over (D,) and as
+a likelihood p(x|z) over (C, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def sum_event(t: torch.Tensor, event_ndim: int) -> torch.Tensor:
+    """Sum the last `event_ndim` dimensions: (..., *event) -> (...)."""
+    return t.sum(dim=tuple(range(t.ndim - event_ndim, t.ndim))) if event_ndim else t
+
+
+class DiagonalGaussian:
+    """N(mu, diag(exp(logvar))); used for q(z|x), the prior p(z) and Gaussian p(x|z)."""
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor, event_ndim: int = 1):
+        self.mu, self.event_ndim = mu, event_ndim
+        self.logvar = logvar.expand_as(mu) if logvar.shape != mu.shape else logvar
+
+    @classmethod
+    def standard(cls, shape, device=None, event_ndim: int = 1) -> "DiagonalGaussian":
+        zeros = torch.zeros(shape, device=device)
+        return cls(zeros, zeros, event_ndim)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.mu
+
+    mean = mode
+
+    def rsample(self, n: int | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, eq. 10).
+
+        With n, returns (n, *mu.shape): n independent samples per example.
+        """
+        shape = self.mu.shape if n is None else (n, *self.mu.shape)
+        eps = torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype)
+        return self.mu + temperature * self.std * eps
+
+    def sample(self, n: int | None = None, temperature: float = 1.0) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(n, temperature)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.mu.float(), self.logvar.float()
+        lp = -0.5 * (LOG_2PI + logvar + (x.float() - mu) ** 2 * torch.exp(-logvar))
+        return sum_event(lp, self.event_ndim)
+
+    def kl(self, other: "DiagonalGaussian | None" = None) -> torch.Tensor:
+        """KL(self || other) in closed form; other=None means N(0, I).
+
+        With N(0, I): 0.5 * sum(mu^2 + sigma^2 - log sigma^2 - 1) (Kingma & Welling, app. B).
+        """
+        mu, logvar = self.mu.float(), self.logvar.float()
+        if other is None:
+            kl = 0.5 * (mu**2 + torch.exp(logvar) - logvar - 1.0)
+        else:
+            mu1, logvar1 = other.mu.float(), other.logvar.float()
+            kl = 0.5 * (logvar1 - logvar + (torch.exp(logvar) + (mu - mu1) ** 2) * torch.exp(-logvar1) - 1.0)
+        return sum_event(kl, self.event_ndim)
+
+    def entropy(self) -> torch.Tensor:
+        return sum_event(0.5 * (LOG_2PI + 1.0 + self.logvar.float()), self.event_ndim)
+
+
+class Bernoulli:
+    """p(x|z) = Bernoulli(sigmoid(logits)); log_prob uses the with-logits form for stability."""
+
+    def __init__(self, logits: torch.Tensor, event_ndim: int = 1):
+        self.logits, self.event_ndim = logits, event_ndim
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits.float())
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return (self.logits > 0).float()
+
+    def sample(self) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.bernoulli(self.mean)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.logits.float()
+        x = x.float().expand_as(logits)  # x (B, ...) against logits (L, B, ...)
+        return -sum_event(F.binary_cross_entropy_with_logits(logits, x, reduction="none"), self.event_ndim)
+
+    def entropy(self) -> torch.Tensor:
+        return -self.log_prob(self.mean)
+
+
+def gaussian_kl(mu0: torch.Tensor, cov0: torch.Tensor, mu1: torch.Tensor, cov1: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu0, cov0) || N(mu1, cov1)) for full covariances, batched over leading dims.
+
+    0.5 * [tr(cov1^-1 cov0) + (mu1 - mu0)^T cov1^-1 (mu1 - mu0) - k + log det cov1 - log det cov0]
+    computed through Cholesky factors: mu (..., k), cov (..., k, k).
+    """
+    k = mu0.shape[-1]
+    l0, l1 = torch.linalg.cholesky(cov0), torch.linalg.cholesky(cov1)
+    m = torch.linalg.solve_triangular(l1, l0, upper=False)              # L1^-1 L0
+    trace = (m**2).sum(dim=(-2, -1))                                     # tr(cov1^-1 cov0)
+    diff = (mu1 - mu0).unsqueeze(-1)
+    quad = (torch.linalg.solve_triangular(l1, diff, upper=False) ** 2).sum(dim=(-2, -1))
+    logdet = lambda l: 2 * torch.log(torch.diagonal(l, dim1=-2, dim2=-1)).sum(-1)  # noqa: E731
+    return 0.5 * (trace + quad - k + logdet(l1) - logdet(l0))
+
+
+class PointMass:
+    """A deterministic code z (the auto-encoder's 'posterior'): every sample is z itself."""
+
+    def __init__(self, z: torch.Tensor):
+        self.z = z
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.z
+
+    mean = mode
+
+    def rsample(self, n: int | None = None, temperature: float = 1.0) -> torch.Tensor:
+        return self.z if n is None else self.z.expand(n, *self.z.shape)
+
+    def sample(self, n: int | None = None, temperature: float = 1.0) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(n)

@@ -1,0 +1,146 @@
+"""fit(): the one training loop. Adam, validation each epoch, metrics.jsonl, a checkpoint
+every epoch, exact resume on CPU (weights, optimiser, epoch and both RNG streams)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import has_checkpoint, load_config, load_trainer_state, load_weights, save_checkpoint
+from .config import RunConfig
+from .data import DataSplits, batches, load_data
+from .errors import CheckpointError
+from .evaluate import evaluate
+from .models import build_model
+from .objectives import get_loss
+from .runtime import autocast, resolve_device
+
+METRICS = "metrics.jsonl"
+Hook = Callable[[dict, torch.nn.Module], None]  # called after each epoch with (record, model)
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    config: RunConfig
+    history: list[dict]
+    run_dir: Path
+
+
+def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
+        hooks: list[Hook] = (), progress: bool = True, log: Callable[[str], None] = print) -> FitResult:
+    """Train `config` into `run_dir`; with resume, continue the run saved there."""
+    run_dir = Path(run_dir)
+    device = resolve_device(config.train.device)
+    if resume:
+        config = _resume_config(run_dir, config)
+    elif has_checkpoint(run_dir):
+        raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+    data = data or load_data(config.data)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, input_shape=data.input_shape))
+    tcfg = config.train
+    loss_fn = get_loss(tcfg.loss)
+    train, val = data.train.to(device), data.val.to(device) if data.val is not None else None
+
+    torch.manual_seed(tcfg.seed)
+    model = build_model(config.model).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    generator = torch.Generator(device=device).manual_seed(tcfg.seed)  # shuffling + dynamic binarisation
+    start = 0
+    if resume:
+        load_weights(run_dir, model)
+        state = load_trainer_state(run_dir, optimizer)
+        start = state["epoch"]
+        torch.set_rng_state(state["tensors"]["torch_rng"])
+        generator.set_state(state["tensors"]["data_rng"].to(generator.get_state().device))
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+    history = _read_metrics(run_dir, upto=start)
+    _write_metrics(run_dir, history)
+    if start < tcfg.epochs:
+        log(f"training {config.model.model} (latent_dim={config.model.latent_dim}) on {data.name}: "
+            f"{len(train)} images, epochs {start + 1}-{tcfg.epochs}, device {device}, {tcfg.precision}")
+
+    for epoch in range(start, tcfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
+        bar = tqdm(total=len(train), unit="img", unit_scale=True, leave=False, disable=not progress,
+                   desc=f"epoch {epoch + 1}/{tcfg.epochs}")
+        for xb, _ in batches(train, tcfg.batch_size, generator, shuffle=True):
+            with autocast(device, tcfg.precision):
+                terms = loss_fn(model, xb, tcfg)
+            loss = terms["loss"].mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k in sums:
+                sums[k] += terms[k].detach().sum().item()
+            bar.update(len(xb))
+            bar.set_postfix(loss=f"{loss.item():.2f}", refresh=False)
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, **{f"train_{k}": v / len(train) for k, v in sums.items()}}
+        if val is not None:
+            record.update({f"val_{k}": v for k, v in evaluate(model, val, tcfg).items()})
+        record.update(seconds=time.perf_counter() - t0, images_per_s=len(train) / train_seconds)
+        history.append(record)
+        _append_metric(run_dir, record)  # before the checkpoint: a resume drops lines past it
+        save_checkpoint(run_dir, model, optimizer, {
+            "epoch": epoch + 1,
+            "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": generator.get_state().cpu()},
+        })
+        log(_summary(record, tcfg.epochs))
+        for hook in hooks:
+            hook(record, model)
+    model.eval()
+    return FitResult(model, config, history, run_dir)
+
+
+def _resume_config(run_dir: Path, requested: RunConfig | None) -> RunConfig:
+    """The saved config; the caller may only change the epoch budget and the device."""
+    saved = load_config(run_dir)
+    if not has_checkpoint(run_dir):
+        raise CheckpointError(f"{run_dir} has a config but no checkpoint yet; start it again without --resume")
+    if requested is None:
+        return saved
+    keep = dict(epochs=requested.train.epochs, device=requested.train.device)
+    same = dataclasses.replace(requested, model=dataclasses.replace(requested.model, input_shape=saved.model.input_shape))
+    if dataclasses.replace(same.train, **{k: getattr(saved.train, k) for k in keep}) != saved.train \
+            or same.model != saved.model or same.data != saved.data:
+        raise CheckpointError(f"the options differ from those {run_dir} was trained with; resume with the same "
+                              "options (only --epochs and --device may change) or start a new --run-dir")
+    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **keep))
+
+
+def _read_metrics(run_dir: Path, upto: int) -> list[dict]:
+    path = run_dir / METRICS
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= upto]
+
+
+def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _append_metric(run_dir: Path, row: dict) -> None:
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _summary(r: dict, epochs: int) -> str:
+    val = f"  val {r['val_loss']:.2f}" if "val_loss" in r else ""
+    return (f"epoch {r['epoch']}/{epochs}  train {r['train_loss']:.2f} (recon {r['train_recon']:.2f}, "
+            f"kl {r['train_kl']:.2f}){val}  {r['seconds']:.1f}s  {r['images_per_s']:.0f} img/s")

@@ -1,0 +1,112 @@
+"""Each formula against an independent computation: torch.distributions, Monte Carlo, closed forms."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Bernoulli as TorchBernoulli
+
+from vaekit import Bernoulli, DiagonalGaussian, gaussian_kl
+
+
+def _gauss(b=4, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, d, generator=g), torch.randn(b, d, generator=g) * 0.5
+
+
+def _torch_normal(mu, logvar):
+    return Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+
+def test_kl_to_standard_normal_matches_torch():
+    mu, logvar = _gauss()
+    ours = DiagonalGaussian(mu, logvar).kl()
+    ref = kl_divergence(_torch_normal(mu, logvar), _torch_normal(torch.zeros_like(mu), torch.zeros_like(mu)))
+    torch.testing.assert_close(ours, ref)
+
+
+def test_kl_between_diagonal_gaussians_matches_torch():
+    (mu0, lv0), (mu1, lv1) = _gauss(seed=1), _gauss(seed=2)
+    ours = DiagonalGaussian(mu0, lv0).kl(DiagonalGaussian(mu1, lv1))
+    torch.testing.assert_close(ours, kl_divergence(_torch_normal(mu0, lv0), _torch_normal(mu1, lv1)))
+
+
+def test_kl_closed_form_matches_monte_carlo():
+    mu, logvar = _gauss(b=2, d=3, seed=3)
+    q = DiagonalGaussian(mu, logvar)
+    z = q.sample(200_000)                                             # (S, B, D)
+    mc = (q.log_prob(z) - DiagonalGaussian.standard((3,)).log_prob(z)).mean(0)
+    se = (q.log_prob(z) - DiagonalGaussian.standard((3,)).log_prob(z)).std(0) / math.sqrt(200_000)
+    assert torch.all((mc - q.kl()).abs() < 5 * se)
+
+
+def test_kl_of_a_distribution_with_itself_is_zero():
+    mu, logvar = _gauss()
+    p = DiagonalGaussian(mu, logvar)
+    torch.testing.assert_close(p.kl(p), torch.zeros(4))
+    cov = torch.eye(3) * 2 + 0.5
+    torch.testing.assert_close(gaussian_kl(mu[0], cov, mu[0], cov), torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def test_full_covariance_kl_matches_torch_multivariate_normal():
+    g = torch.Generator().manual_seed(4)
+    a0, a1 = torch.randn(5, 4, 4, generator=g), torch.randn(5, 4, 4, generator=g)
+    cov0, cov1 = a0 @ a0.mT + 0.5 * torch.eye(4), a1 @ a1.mT + 0.5 * torch.eye(4)
+    mu0, mu1 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    ref = kl_divergence(MultivariateNormal(mu0, cov0), MultivariateNormal(mu1, cov1))
+    torch.testing.assert_close(gaussian_kl(mu0, cov0, mu1, cov1), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_full_covariance_kl_reduces_to_diagonal_kl():
+    mu, logvar = _gauss(b=1, d=4, seed=5)
+    diag = DiagonalGaussian(mu[0], logvar[0]).kl()
+    full = gaussian_kl(mu[0], torch.diag(torch.exp(logvar[0])), torch.zeros(4), torch.eye(4))
+    torch.testing.assert_close(full, diag, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("event_shape", [(3,), (1, 2, 2)])
+def test_gaussian_log_prob_and_entropy_match_torch(event_shape):
+    g = torch.Generator().manual_seed(6)
+    mu, logvar, x = (torch.randn(4, *event_shape, generator=g) for _ in range(3))
+    ours = DiagonalGaussian(mu, logvar, event_ndim=len(event_shape))
+    ref = Independent(Normal(mu, torch.exp(0.5 * logvar)), len(event_shape))
+    torch.testing.assert_close(ours.log_prob(x), ref.log_prob(x))
+    torch.testing.assert_close(ours.entropy(), ref.entropy())
+    assert ours.log_prob(x).shape == (4,)
+
+
+def test_bernoulli_log_prob_matches_torch_for_binary_and_grey_targets():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(4, 1, 3, 3, generator=g) * 3
+    binary = torch.bernoulli(torch.full((4, 1, 3, 3), 0.5), generator=g)
+    ref = Independent(TorchBernoulli(logits=logits), 3).log_prob(binary)
+    torch.testing.assert_close(Bernoulli(logits, event_ndim=3).log_prob(binary), ref)
+    grey = torch.rand(4, 1, 3, 3, generator=g)  # grey targets: the cross-entropy pytorch/examples uses
+    by_hand = (grey * torch.log(torch.sigmoid(logits)) + (1 - grey) * torch.log(1 - torch.sigmoid(logits))).sum((1, 2, 3))
+    torch.testing.assert_close(Bernoulli(logits, event_ndim=3).log_prob(grey), by_hand, rtol=1e-4, atol=1e-4)
+
+
+def test_log_prob_broadcasts_over_a_leading_sample_dimension():
+    logits = torch.randn(5, 4, 6)           # (L, B, D)
+    x = torch.rand(4, 6)
+    lp = Bernoulli(logits).log_prob(x)
+    assert lp.shape == (5, 4)
+    torch.testing.assert_close(lp[2], Bernoulli(logits[2]).log_prob(x))
+
+
+def test_rsample_is_reparameterised_and_gradients_reach_mu_and_logvar():
+    mu = torch.zeros(3, 2, requires_grad=True)
+    logvar = torch.zeros(3, 2, requires_grad=True)
+    z = DiagonalGaussian(mu, logvar).rsample(4)
+    assert z.shape == (4, 3, 2)
+    (z**2).sum().backward()
+    assert mu.grad is not None and logvar.grad is not None
+    assert mu.grad.abs().sum() > 0 and logvar.grad.abs().sum() > 0
+
+
+def test_samples_have_the_right_moments():
+    q = DiagonalGaussian(torch.tensor([1.0, -2.0]), torch.log(torch.tensor([0.25, 4.0])))
+    z = q.sample(100_000)
+    torch.testing.assert_close(z.mean(0), q.mu, atol=0.03, rtol=0)
+    torch.testing.assert_close(z.var(0), torch.tensor([0.25, 4.0]), atol=0.05, rtol=0.02)

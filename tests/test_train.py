@@ -1,0 +1,97 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from conftest import needs_mnist, synthetic_splits
+from vaekit import CheckpointError, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data, load_model
+from vaekit.checkpoint import save_checkpoint
+
+TINY = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), DataConfig("digits"), TrainConfig(epochs=2, batch_size=16))
+
+
+def quiet(config, run_dir, **kw):
+    return fit(config, run_dir, progress=False, log=lambda s: None, **kw)
+
+
+@needs_mnist
+def test_loss_decreases_on_a_small_real_mnist_subset(tmp_path):
+    config = RunConfig(ModelConfig(latent_dim=8, hidden_dims=(128,)), DataConfig("mnist", val_size=500, limit=2000),
+                       TrainConfig(epochs=4, batch_size=64))
+    history = quiet(config, tmp_path / "run").history
+    train, val = [r["train_loss"] for r in history], [r["val_loss"] for r in history]
+    assert train[-1] < train[0] - 30 and val[-1] < val[0]
+    assert all(b < a for a, b in zip(train, train[1:]))
+
+
+def test_run_directory_and_metrics(tmp_path):
+    data = synthetic_splits()
+    result = quiet(TINY, tmp_path / "run", data=data)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl", "seconds", "images_per_s"} <= set(rows[0])
+    model, config, epoch = load_model(tmp_path / "run")
+    assert epoch == 2 and config.model.input_shape == (1, 6, 6) == result.config.model.input_shape
+    for k, v in result.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("pixels", ["grey", "dynamic"])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, pixels):
+    config = dataclasses.replace(TINY, data=DataConfig("digits", pixels=pixels, val_size=100),
+                                 train=dataclasses.replace(TINY.train, epochs=4))
+    data = load_data(config.data)
+    straight = quiet(config, tmp_path / "a", data=data)
+    half = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2))
+    quiet(half, tmp_path / "b", data=data)
+    torch.manual_seed(123)  # whatever happens in between must not matter
+    resumed = quiet(config, tmp_path / "b", data=data, resume=True)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]  # noqa: E731
+    assert strip(resumed.history) == strip(straight.history)
+
+
+def test_a_run_is_never_overwritten_and_resume_refuses_changed_options(tmp_path):
+    data = synthetic_splits()
+    quiet(TINY, tmp_path / "run", data=data)
+    before = (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        quiet(TINY, tmp_path / "run", data=data)
+    changed = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, lr=0.5))
+    with pytest.raises(CheckpointError, match="options differ"):
+        quiet(changed, tmp_path / "run", data=data, resume=True)
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
+def test_broken_and_foreign_checkpoints_are_refused(tmp_path):
+    quiet(TINY, tmp_path / "run", data=synthetic_splits())
+    weights = tmp_path / "run" / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(tmp_path / "run")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(weights))
+    with pytest.raises(CheckpointError, match="not a vaekit checkpoint"):
+        load_model(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_a_crash_mid_save_keeps_the_previous_checkpoint(tmp_path):
+    result = quiet(TINY, tmp_path / "run", data=synthetic_splits())
+    opt = torch.optim.Adam(result.model.parameters())
+    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt.rename(tmp_path / "run" / ".checkpoint.old")  # the moment between the two renames
+    assert load_model(tmp_path / "run")[2] == 2
+    save_checkpoint(tmp_path / "run", result.model, opt, {"epoch": 3, "tensors": {}})
+    assert load_model(tmp_path / "run")[2] == 3 and not (tmp_path / "run" / ".checkpoint.old").exists()
+
+
+def test_same_seed_same_numbers(tmp_path):
+    data = synthetic_splits()
+    a = quiet(TINY, tmp_path / "a", data=data).history
+    b = quiet(TINY, tmp_path / "b", data=data).history
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
