@@ -63,7 +63,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
-    t.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16 autocast")
+    t.add_argument("--precision", choices=PRECISIONS, help="auto (default: bf16 where the hardware has bf16 units), fp32 or bf16")
 
 
 def build_parser() -> argparse.ArgumentParser:

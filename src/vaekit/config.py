@@ -16,7 +16,7 @@ from .errors import ConfigError
 PIXEL_MODES = ("grey", "dynamic", "static")  # grey in [0,1]; Bernoulli draw per epoch; one fixed draw
 KL_MODES = ("analytic", "mc")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -75,7 +75,7 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"          # bf16 autocast for the matmuls; weights and sums stay fp32
+    precision: str = "auto"          # bf16 autocast for the matmuls (auto: where the CPU/GPU has bf16 units); weights and sums stay fp32
 
     def __post_init__(self):
         _check_positive("beta", self.beta, allow_zero=True)

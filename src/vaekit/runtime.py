@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 
 import torch
 
@@ -19,9 +21,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    """Native bf16 matrix units (AVX512-BF16 or AMX): there bf16 matmuls run 2-4x faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where the hardware computes it natively, else 'fp32'."""
+    if precision != "auto":
+        return precision
+    fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_bf16()
+    return "bf16" if fast else "fp32"
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for matrix products (AMX / tensor cores); parameters stay fp32 and the
     distributions upcast before any log-density or reduction."""
-    if precision == "bf16":
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

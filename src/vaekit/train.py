@@ -20,7 +20,7 @@ from .errors import CheckpointError
 from .evaluate import evaluate
 from .models import build_model
 from .objectives import get_loss
-from .runtime import autocast, resolve_device
+from .runtime import autocast, resolve_device, resolve_precision
 
 METRICS = "metrics.jsonl"
 Hook = Callable[[dict, torch.nn.Module], None]  # called after each epoch with (record, model)
@@ -51,7 +51,7 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
 
     torch.manual_seed(tcfg.seed)
     model = build_model(config.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, fused=True)  # one kernel for all parameters
     generator = torch.Generator(device=device).manual_seed(tcfg.seed)  # shuffling + dynamic binarisation
     start = 0
     if resume:
@@ -67,7 +67,7 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
     _write_metrics(run_dir, history)
     if start < tcfg.epochs:
         log(f"training {config.model.model} (latent_dim={config.model.latent_dim}) on {data.name}: "
-            f"{len(train)} images, epochs {start + 1}-{tcfg.epochs}, device {device}, {tcfg.precision}")
+            f"{len(train)} images, epochs {start + 1}-{tcfg.epochs}, device {device}, {resolve_precision(tcfg.precision, device)}")
 
     for epoch in range(start, tcfg.epochs):
         model.train()
