@@ -79,3 +79,15 @@ def test_models_do_not_hard_code_sizes():
     model = build_model(ModelConfig(input_shape=(3, 5, 7), latent_dim=4, hidden_dims=(11,)))
     assert model.generate(2).shape == (2, 3, 5, 7)
     assert model.encoder[0].in_features == 105 and model.decoder[-1].out_features == 105
+
+
+def test_bf16_autocast_does_not_change_the_reported_loss():
+    from vaekit import Dataset, evaluate
+
+    model = make("vae", latent_dim=3)
+    ds = Dataset(synthetic_splits(SHAPE, n=300).train.x)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(5)
+        results[precision] = evaluate(model, ds, TrainConfig(precision=precision))["loss"]
+    assert results["bf16"] == pytest.approx(results["fp32"], rel=2e-3)

@@ -95,3 +95,12 @@ def test_same_seed_same_numbers(tmp_path):
     a = quiet(TINY, tmp_path / "a", data=data).history
     b = quiet(TINY, tmp_path / "b", data=data).history
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+
+
+@pytest.mark.parametrize("latent_dim", [1, 2])
+def test_low_dimensional_latents_train_and_sample(tmp_path, latent_dim):
+    config = dataclasses.replace(TINY, model=ModelConfig(latent_dim=latent_dim, hidden_dims=(32,)),
+                                 data=DataConfig("digits", val_size=100))
+    result = quiet(config, tmp_path / "run")
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.model.generate(4).shape == (4, 1, 8, 8)
