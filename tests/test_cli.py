@@ -38,7 +38,7 @@ def test_resume_from_the_command_line(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     assert main(["train", "--resume", str(run), "--lr", "0.1", "--no-progress"]) == 2
-    assert "only --epochs and --device may change" in capsys.readouterr().err
+    assert "only --epochs, --max-minutes and --device may change" in capsys.readouterr().err
 
 
 def test_autoencoder_trains_with_its_own_loss(tmp_path):

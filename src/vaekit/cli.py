@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DEVICES, KL_MODES, PIXEL_MODES, PRECISIONS, DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import DEVICES, KL_MODES, LR_SCHEDULES, PIXEL_MODES, PRECISIONS, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .errors import VaekitError
 
 # CLI flag -> (config section, field). Every flag defaults to None: only what is given overrides.
@@ -21,6 +21,7 @@ _FIELDS = {
     "loss": ("train", "loss"), "beta": ("train", "beta"), "mc_samples": ("train", "mc_samples"), "kl": ("train", "kl"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "seed": ("train", "seed"), "device": ("train", "device"), "precision": ("train", "precision"),
+    "lr_schedule": ("train", "lr_schedule"), "adam_eps": ("train", "adam_eps"), "max_minutes": ("train", "max_minutes"),
 }
 
 
@@ -54,13 +55,17 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--data-dir", help="dataset cache (default $VAEKIT_DATA, else ~/.cache/vaekit)")
     d.add_argument("--limit", type=int, help="train on the first N training images only")
     t = p.add_argument_group("training")
-    t.add_argument("--loss", help="elbo (default for vae) or ae")
+    t.add_argument("--loss", help="elbo (default for vae), iwae or ae")
     t.add_argument("--beta", type=float, help="KL weight (default 1)")
-    t.add_argument("-L", "--mc-samples", type=int, help="samples of z per image for E_q[log p(x|z)] (default 1)")
+    t.add_argument("-L", "--mc-samples", "--k", type=int, dest="mc_samples",
+                   help="samples of z per image: L for elbo, k for iwae (default 1)")
     t.add_argument("--kl", choices=KL_MODES, help="analytic (default) or mc")
     t.add_argument("--epochs", type=int, help="total epochs (default 10)")
     t.add_argument("--batch-size", type=int, help="default 128")
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant (default) or iwae (3^i epochs at lr*10^(-i/7))")
+    t.add_argument("--adam-eps", type=float, help="Adam epsilon (default 1e-8)")
+    t.add_argument("--max-minutes", type=float, help="stop after the epoch in which this much training time has passed")
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
     t.add_argument("--precision", choices=PRECISIONS, help="auto (default: bf16 where the hardware has bf16 units), fp32 or bf16")
@@ -72,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a model into a run directory")
     tr.add_argument("--run-dir", help="where the run is written (default runs/<model>-<data>-<time>)")
-    tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN (only --epochs/--device may change)")
+    tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN (only --epochs/--max-minutes/--device may change)")
+    tr.add_argument("--preset", help="start from a named configuration: pytorch-examples, iwae-paper (flags override it)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_train_flags(tr)
 
@@ -84,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=DEVICES)
     ev.add_argument("--data-dir", help="dataset cache, if not where the run found it")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--nll-k", type=int, metavar="K", help="also estimate log p(x) with K importance samples (papers: 5000)")
+    ev.add_argument("--chunk-size", type=int, help="importance samples per image held in memory at once")
+    ev.add_argument("--precision", choices=PRECISIONS, help="default: as trained")
 
     sa = sub.add_parser("sample", help="decode z ~ N(0, I) into an image grid")
     sa.add_argument("run")
@@ -115,7 +124,9 @@ def _train(args) -> int:
         config = config_from_args(args, base=load_config(run_dir))
         fit(config, run_dir, resume=True, progress=not args.no_progress)
     else:
-        config = config_from_args(args)
+        from .presets import get_preset
+
+        config = config_from_args(args, base=get_preset(args.preset) if args.preset else None)
         run_dir = Path(args.run_dir or f"runs/{config.model.model}-{config.data.source}-{time.strftime('%Y%m%d-%H%M%S')}")
         fit(config, run_dir, progress=not args.no_progress)
     print(f"run saved in {run_dir}")
@@ -125,12 +136,18 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .evaluate import evaluate_run
 
-    r = evaluate_run(args.run, args.split, args.mc_samples, args.device, args.data_dir, args.seed)
+    r = evaluate_run(args.run, args.split, args.mc_samples, args.device, args.data_dir, args.seed,
+                     args.nll_k, args.chunk_size, args.precision)
     if args.json:
         print(json.dumps(r, indent=2))
-    else:
-        print(f"{r['run']} ({r['model']}, epoch {r['epoch']}), {r['split']} set of {r['n']} images, "
-              f"L={r['mc_samples']}:\n  loss {r['loss']:.2f} nats/image  (recon {r['recon']:.2f}, kl {r['kl']:.2f})")
+        return 0
+    print(f"{r['run']} ({r['model']}, epoch {r['epoch']}), {r['split']} set of {r['n']} images, "
+          f"L={r['mc_samples']}:\n  {r['loss_name']} loss {r['loss']:.2f} nats/image  (recon {r['recon']:.2f}, kl {r['kl']:.2f})")
+    if "likelihood" in r:
+        ll = r["likelihood"]
+        print(f"  -log p(x) {ll['nll']:.2f} +- {ll['nll_se']:.2f} nats/image (k={ll['k']}), {ll['bits_per_dim']:.4f} bits/dim; "
+              f"-ELBO {ll['neg_elbo']:.2f} (recon {ll['recon']:.2f}, kl {ll['kl']:.2f}); "
+              f"active units {ll['active_units']}/{ll['latent_dim']}; {ll['seconds']:.1f} s")
     return 0
 
 

@@ -15,6 +15,7 @@ from .errors import ConfigError
 
 PIXEL_MODES = ("grey", "dynamic", "static")  # grey in [0,1]; Bernoulli draw per epoch; one fixed draw
 KL_MODES = ("analytic", "mc")
+LR_SCHEDULES = ("constant", "iwae")  # iwae: 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -68,11 +69,14 @@ class DataConfig:
 class TrainConfig:
     loss: str = "elbo"               # a key of vaekit.objectives.LOSSES
     beta: float = 1.0                # weight of the KL term (1 = the ELBO)
-    mc_samples: int = 1              # L, samples of z per example for E_q[log p(x|z)]
+    mc_samples: int = 1              # samples of z per example: L for elbo, k for iwae
     kl: str = "analytic"             # closed form, or Monte Carlo log q(z|x) - log p(z)
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    adam_eps: float = 1e-8
+    max_minutes: float | None = None  # stop after the epoch in which this much training time has passed
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"          # bf16 autocast for the matmuls (auto: where the CPU/GPU has bf16 units); weights and sums stay fp32
@@ -84,6 +88,10 @@ class TrainConfig:
         _check_positive("epochs", self.epochs, allow_zero=True)
         _check_positive("batch_size", self.batch_size)
         _check_positive("lr", self.lr)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_positive("adam_eps", self.adam_eps)
+        if self.max_minutes is not None:
+            _check_positive("max_minutes", self.max_minutes)
         _check_choice("device", self.device, DEVICES)
         _check_choice("precision", self.precision, PRECISIONS)
 

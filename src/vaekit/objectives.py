@@ -6,6 +6,8 @@ loss(model, x, cfg) with x (B, C, H, W) and cfg a TrainConfig.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .distributions import DiagonalGaussian
@@ -19,16 +21,40 @@ def elbo(model, x: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
     2014, eq. 7); the KL is closed form (cfg.kl == 'analytic') or the Monte Carlo
     estimate log q(z|x) - log p(z) on the same samples.
     """
+    q = posterior(model, x)
+    log_px_z, log_pz, log_qz = log_weights(model, q, x, cfg.mc_samples)
+    recon = -log_px_z.mean(0)
+    kl = q.kl() if cfg.kl == "analytic" else (log_qz - log_pz).mean(0)
+    return {"loss": recon + cfg.beta * kl, "recon": recon, "kl": kl}
+
+
+def iwae(model, x: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
+    """Negative importance-weighted bound (Burda et al. 2016, eq. 8) with k = cfg.mc_samples:
+
+        -log (1/k) sum_i p(x, z_i) / q(z_i|x),  z_i ~ q(z|x).
+
+    k = 1 is the ELBO with a Monte Carlo KL. 'recon' and 'kl' are the sample averages of
+    -log p(x|z) and log q(z|x) - log p(z), reported for comparison; loss <= recon + kl.
+    """
+    if cfg.beta != 1.0:
+        raise ConfigError(f"loss 'iwae' is a bound on log p(x) and takes no beta (got {cfg.beta}); drop --beta")
+    log_px_z, log_pz, log_qz = log_weights(model, posterior(model, x), x, cfg.mc_samples)
+    bound = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(cfg.mc_samples)
+    return {"loss": -bound, "recon": -log_px_z.mean(0), "kl": (log_qz - log_pz).mean(0)}
+
+
+def posterior(model, x: torch.Tensor) -> DiagonalGaussian:
+    """q(z|x), insisting that it is a distribution (not an auto-encoder's point code)."""
     q = model.encode(x)
     if not isinstance(q, DiagonalGaussian):
-        raise ConfigError(f"loss 'elbo' needs a stochastic encoder; model {model.config.model!r} has none (use --model vae)")
-    z = q.rsample(cfg.mc_samples)                                # (L, B, D)
-    log_px_z = model.decode(z).log_prob(x).mean(0)               # (B,)
-    if cfg.kl == "analytic":
-        kl = q.kl()
-    else:
-        kl = (q.log_prob(z) - model.prior(x.device).log_prob(z)).mean(0)
-    return {"loss": -log_px_z + cfg.beta * kl, "recon": -log_px_z, "kl": kl}
+        raise ConfigError(f"this loss needs a stochastic encoder; model {model.config.model!r} has none (use --model vae)")
+    return q
+
+
+def log_weights(model, q: DiagonalGaussian, x: torch.Tensor, k: int):
+    """For k samples z ~ q: log p(x|z), log p(z), log q(z|x), each (k, B)."""
+    z = q.rsample(k)                                                 # (k, B, D)
+    return model.decode(z).log_prob(x), model.prior(x.device).log_prob(z), q.log_prob(z)
 
 
 def ae_loss(model, x: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
@@ -39,6 +65,7 @@ def ae_loss(model, x: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
 
 LOSSES = {
     "elbo": elbo,
+    "iwae": iwae,
     "ae": ae_loss,
 }
 

@@ -23,6 +23,7 @@ from .objectives import get_loss
 from .runtime import autocast, resolve_device, resolve_precision
 
 METRICS = "metrics.jsonl"
+RESUMABLE = ("epochs", "max_minutes", "device")  # what a resumed run may change
 Hook = Callable[[dict, torch.nn.Module], None]  # called after each epoch with (record, model)
 
 
@@ -51,13 +52,13 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
 
     torch.manual_seed(tcfg.seed)
     model = build_model(config.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, fused=True)  # one kernel for all parameters
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, eps=tcfg.adam_eps, fused=True)  # one kernel for all parameters
     generator = torch.Generator(device=device).manual_seed(tcfg.seed)  # shuffling + dynamic binarisation
-    start = 0
+    start, trained_seconds = 0, 0.0
     if resume:
         load_weights(run_dir, model)
         state = load_trainer_state(run_dir, optimizer)
-        start = state["epoch"]
+        start, trained_seconds = state["epoch"], state.get("train_seconds", 0.0)
         torch.set_rng_state(state["tensors"]["torch_rng"])
         generator.set_state(state["tensors"]["data_rng"].to(generator.get_state().device))
     else:
@@ -70,7 +71,12 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
             f"{len(train)} images, epochs {start + 1}-{tcfg.epochs}, device {device}, {resolve_precision(tcfg.precision, device)}")
 
     for epoch in range(start, tcfg.epochs):
+        if tcfg.max_minutes is not None and trained_seconds >= 60 * tcfg.max_minutes:
+            log(f"stopping after epoch {epoch}: the {tcfg.max_minutes:g}-minute training budget is spent")
+            break
         model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(tcfg, epoch)
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
         bar = tqdm(total=len(train), unit="img", unit_scale=True, leave=False, disable=not progress,
@@ -88,14 +94,16 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
             bar.set_postfix(loss=f"{loss.item():.2f}", refresh=False)
         bar.close()
         train_seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, **{f"train_{k}": v / len(train) for k, v in sums.items()}}
+        trained_seconds += train_seconds
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                  **{f"train_{k}": v / len(train) for k, v in sums.items()}}
         if val is not None:
             record.update({f"val_{k}": v for k, v in evaluate(model, val, tcfg).items()})
         record.update(seconds=time.perf_counter() - t0, images_per_s=len(train) / train_seconds)
         history.append(record)
         _append_metric(run_dir, record)  # before the checkpoint: a resume drops lines past it
         save_checkpoint(run_dir, model, optimizer, {
-            "epoch": epoch + 1,
+            "epoch": epoch + 1, "train_seconds": trained_seconds,
             "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": generator.get_state().cpu()},
         })
         log(_summary(record, tcfg.epochs))
@@ -105,19 +113,31 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
     return FitResult(model, config, history, run_dir)
 
 
+def learning_rate(tcfg, epoch: int) -> float:
+    """The learning rate of 0-based `epoch`. 'iwae': stage i lasts 3^i epochs at
+    lr * 10^(-i/7), i = 0..7 (Burda et al. 2016, sec. 5; 3,280 epochs in all), then stays."""
+    if tcfg.lr_schedule == "constant":
+        return tcfg.lr
+    stage, end = 0, 1
+    while epoch >= end and stage < 7:
+        stage += 1
+        end += 3**stage
+    return tcfg.lr * 10 ** (-stage / 7)
+
+
 def _resume_config(run_dir: Path, requested: RunConfig | None) -> RunConfig:
-    """The saved config; the caller may only change the epoch budget and the device."""
+    """The saved config; the caller may only change the budget (epochs, minutes) and the device."""
     saved = load_config(run_dir)
     if not has_checkpoint(run_dir):
         raise CheckpointError(f"{run_dir} has a config but no checkpoint yet; start it again without --resume")
     if requested is None:
         return saved
-    keep = dict(epochs=requested.train.epochs, device=requested.train.device)
+    keep = {k: getattr(requested.train, k) for k in RESUMABLE}
     same = dataclasses.replace(requested, model=dataclasses.replace(requested.model, input_shape=saved.model.input_shape))
     if dataclasses.replace(same.train, **{k: getattr(saved.train, k) for k in keep}) != saved.train \
             or same.model != saved.model or same.data != saved.data:
         raise CheckpointError(f"the options differ from those {run_dir} was trained with; resume with the same "
-                              "options (only --epochs and --device may change) or start a new --run-dir")
+                              "options (only --epochs, --max-minutes and --device may change) or start a new --run-dir")
     return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **keep))
 
 

@@ -1,0 +1,106 @@
+"""The importance-sampled log-likelihood against a model whose log p(x) is known exactly:
+a linear-Gaussian VAE (probabilistic PCA), p(z) = N(0, I), p(x|z) = N(Wz + b, s^2 I), so
+p(x) = N(b, W W^T + s^2 I). W has orthogonal columns, which makes the true posterior
+N(M^-1 W^T (x - b), s^2 M^-1), M = W^T W + s^2 I, diagonal: our encoder can represent it."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal
+
+from vaekit import Dataset, ModelConfig, TrainConfig, build_model
+from vaekit.evaluate import active_units, log_likelihood
+from vaekit.objectives import LOSSES
+
+N_X, N_Z, S = 6, 2, 0.5
+
+
+def ppca(perturb: float = 0.0, seed: int = 0):
+    """(model with the exact posterior as encoder, plus `perturb` noise on it; data; exact log p(x))."""
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(N_X, N_Z, generator=g))
+    w, b = u * torch.tensor([2.0, 1.0]), torch.randn(N_X, generator=g) * 0.3     # orthogonal columns
+    m_diag = (w**2).sum(0) + S**2                                                 # M = W^T W + s^2 I, diagonal
+    model = build_model(ModelConfig(input_shape=(N_X,), latent_dim=N_Z, hidden_dims=(), likelihood="gaussian", obs_std=S))
+    enc, dec = model.encoder[0], model.decoder[0]
+    with torch.no_grad():
+        a = w.T / m_diag[:, None]                                                 # posterior mean M^-1 W^T (x - b)
+        enc.weight.zero_()
+        enc.bias.zero_()
+        enc.weight[:N_Z] = a + perturb * torch.randn(a.shape, generator=g)
+        enc.bias[:N_Z] = -a @ b
+        enc.bias[N_Z:] = torch.log(S**2 / m_diag) + perturb * torch.randn(N_Z, generator=g)
+        dec.weight.copy_(w)
+        dec.bias.copy_(b)
+    marginal = MultivariateNormal(b, w @ w.T + S**2 * torch.eye(N_X))
+    x = b + torch.randn(400, N_X, generator=g) @ torch.linalg.cholesky(w @ w.T + S**2 * torch.eye(N_X)).T
+    return model.eval(), Dataset(x), marginal.log_prob(x)
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+def test_with_the_true_posterior_as_proposal_every_k_is_exact(k):
+    model, ds, exact = ppca()
+    r = log_likelihood(model, ds, k=k, compile=False)
+    torch.testing.assert_close(-r["per_example_nll"].float(), exact, atol=2e-4, rtol=1e-5)
+
+
+def test_the_estimate_converges_to_the_exact_value_as_k_grows():
+    model, ds, exact = ppca(perturb=0.1)
+    errors = []
+    for k in (1, 10, 100, 3000):
+        gap = -log_likelihood(model, ds, k=k, compile=False)["per_example_nll"].float() - exact   # (N,)
+        errors.append(abs(gap.mean().item()))
+    se = gap.std().item() / math.sqrt(len(gap))      # standard error of the final estimate's mean
+    assert errors[-1] < 3 * se + 1e-3                  # converged, within its standard error
+    assert errors == sorted(errors, reverse=True) and errors[0] > 20 * errors[-1]
+
+
+def test_the_estimate_bounds_the_elbo_and_grows_with_k_on_average():
+    model, ds, exact = ppca(perturb=0.2, seed=1)
+    nll = [log_likelihood(model, ds, k=k, compile=False)["nll"] for k in (1, 5, 25, 125)]
+    r = log_likelihood(model, ds, k=125, compile=False)
+    assert all(b <= a + 1e-3 for a, b in zip(nll, nll[1:]))            # -log p(x) estimate non-increasing in k
+    assert r["nll"] <= r["neg_elbo"] and r["nll"] >= -exact.mean().item() - 0.05
+    assert r["neg_elbo"] == pytest.approx(r["recon"] + r["kl"])
+
+
+def test_the_result_does_not_depend_on_the_chunk_size():
+    model, ds, exact = ppca(perturb=0.2, seed=2)
+    small = log_likelihood(model, ds, k=600, chunk_size=7, compile=False)
+    whole = log_likelihood(model, ds, k=600, chunk_size=600, batch_size=13, compile=False)
+    # independent draws: the difference of two estimates is within their joint noise
+    diff = (small["per_example_nll"] - whole["per_example_nll"])
+    assert abs(diff.mean().item()) < 4 * diff.std().item() / math.sqrt(len(diff)) + 1e-3
+
+
+def test_compiled_and_eager_paths_agree():
+    model, ds, exact = ppca()
+    compiled = log_likelihood(model, ds, k=20, compile=True)
+    torch.testing.assert_close(-compiled["per_example_nll"].float(), exact, atol=2e-4, rtol=1e-5)
+
+
+def test_active_units_counts_dimensions_whose_posterior_mean_varies():
+    mu = torch.stack([torch.randn(500), torch.randn(500) * 0.05, torch.zeros(500)], dim=1)
+    assert active_units(mu) == 1
+    assert active_units(torch.randn(500, 4)) == 4
+
+
+def test_iwae_loss_with_one_sample_is_the_monte_carlo_elbo_and_tightens_with_k():
+    model, ds, _ = ppca(perturb=0.5)
+    x = ds.x
+    torch.manual_seed(0)
+    iwae1 = LOSSES["iwae"](model, x, TrainConfig(loss="iwae", mc_samples=1))
+    torch.manual_seed(0)
+    elbo_mc = LOSSES["elbo"](model, x, TrainConfig(kl="mc", mc_samples=1))
+    torch.testing.assert_close(iwae1["loss"], elbo_mc["loss"], atol=1e-4, rtol=1e-5)
+    iwae50 = LOSSES["iwae"](model, x, TrainConfig(loss="iwae", mc_samples=50))["loss"].mean()
+    assert iwae50 < LOSSES["elbo"](model, x, TrainConfig())["loss"].mean()
+
+
+def test_impossible_k_is_a_clear_error():
+    from vaekit.errors import ConfigError
+
+    model, ds, _ = ppca()
+    with pytest.raises(ConfigError, match="k=0 is impossible"):
+        log_likelihood(model, ds, k=0)
