@@ -84,3 +84,29 @@ def test_demo_falls_back_to_the_bundled_digits_offline(tmp_path):
     for name in ("samples.png", "reconstructions.png", "test_metrics.json", "metrics.jsonl", "config.json"):
         assert (tmp_path / "demo" / name).is_file()
     assert json.loads((tmp_path / "demo" / "test_metrics.json").read_text())["data"] == "digits"
+
+
+def test_eval_reports_the_importance_sampled_likelihood(tmp_path, capsys):
+    run = tmp_path / "run"
+    main(["train", "--run-dir", str(run), *TINY, "--loss", "iwae", "--k", "3", "--pixels", "dynamic"])
+    capsys.readouterr()
+    assert main(["eval", str(run), "--nll-k", "50", "--json"]) == 0
+    ll = json.loads(capsys.readouterr().out)["likelihood"]
+    assert ll["k"] == 50 and ll["n"] == 297 and ll["nll"] <= ll["neg_elbo"] + 0.5
+    assert ll["bits_per_dim"] == pytest.approx(ll["nll"] / (64 * 0.6931471805599453))
+    assert 0 <= ll["active_units"] <= 2
+    r = vaekit("eval", run, "--nll-k", "0")
+    assert r.returncode == 2 and "k=0 is impossible" in r.stderr
+
+
+def test_presets_fill_the_config_and_flags_override_them():
+    from vaekit.cli import build_parser, config_from_args
+    from vaekit.presets import get_preset
+
+    args = build_parser().parse_args(["train", "--preset", "iwae-paper", "--loss", "iwae", "--k", "5", "--epochs", "7"])
+    config = config_from_args(args, base=get_preset(args.preset))
+    assert config.model.hidden_dims == (200, 200) and config.model.latent_dim == 50 and config.model.activation == "tanh"
+    assert config.data.pixels == "dynamic" and config.train.batch_size == 20 and config.train.lr_schedule == "iwae"
+    assert config.train.loss == "iwae" and config.train.mc_samples == 5 and config.train.epochs == 7
+    r = vaekit("train", "--preset", "nope")
+    assert r.returncode == 2 and "preset 'nope' is unknown" in r.stderr

@@ -104,3 +104,28 @@ def test_low_dimensional_latents_train_and_sample(tmp_path, latent_dim):
     result = quiet(config, tmp_path / "run")
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.model.generate(4).shape == (4, 1, 8, 8)
+
+
+def test_the_iwae_learning_rate_schedule():
+    from vaekit.train import learning_rate
+
+    cfg = TrainConfig(lr=1e-3, lr_schedule="iwae")
+    # stage i lasts 3^i epochs: epoch 0 | 1-3 | 4-12 | 13-39 | ... ; 3,280 epochs in all
+    expected = {0: 0, 1: 1, 3: 1, 4: 2, 12: 2, 13: 3, 39: 3, 40: 4, 3279: 7, 5000: 7}
+    for epoch, stage in expected.items():
+        assert learning_rate(cfg, epoch) == pytest.approx(1e-3 * 10 ** (-stage / 7))
+    assert learning_rate(TrainConfig(lr=0.01), 500) == 0.01
+
+
+def test_a_time_budget_stops_training_and_resume_continues_it(tmp_path):
+    config = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=50, max_minutes=1e-9))
+    result = quiet(config, tmp_path / "run", data=synthetic_splits())
+    assert len(result.history) == 1                      # the budget is checked after each epoch
+    longer = dataclasses.replace(config, train=dataclasses.replace(config.train, max_minutes=10.0, epochs=3))
+    assert len(quiet(longer, tmp_path / "run", data=synthetic_splits(), resume=True).history) == 3
+
+
+def test_iwae_trains(tmp_path):
+    config = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, loss="iwae", mc_samples=5))
+    history = quiet(config, tmp_path / "run", data=synthetic_splits()).history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]

@@ -108,13 +108,14 @@ def load_config(run_dir: Path) -> RunConfig:
 
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, RunConfig, epoch) from a run directory."""
+    """(model in eval mode, RunConfig, epoch) from a run directory; device may be 'auto'."""
     from .models import build_model
+    from .runtime import resolve_device
 
     config = load_config(run_dir)
     model = build_model(config.model)
     epoch = load_weights(run_dir, model)
-    return model.to(device).eval(), config, epoch
+    return model.to(resolve_device(str(device))).eval(), config, epoch
 
 
 def load_weights(run_dir: Path, model: torch.nn.Module) -> int:
