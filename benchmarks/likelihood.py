@@ -52,6 +52,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=30.0, help="VAE training budget (default 30)")
     p.add_argument("--epochs", type=int, default=3280, help="epoch cap (default: the paper's 3,280)")
     p.add_argument("--iwae-k", type=int, default=5)
+    p.add_argument("--iwae-epochs", type=int, help="default: as many as the VAE trained (equal epochs)")
     p.add_argument("--eval-k", type=int, default=5000)
     p.add_argument("--eval-n", type=int, default=10000, help="test images to evaluate (default all 10,000)")
     p.add_argument("--eval-precision", default="bf16", help="autocast for the k=5,000 evaluation (default bf16)")
@@ -69,7 +70,7 @@ def main() -> None:
                      **evaluate(vae_dir, args.eval_k, args.eval_n, args.device, args.eval_precision)})
         print(rows[-1], flush=True)
     if args.only != "vae":
-        epochs = load_model(vae_dir)[2] if has_checkpoint(vae_dir) else args.epochs  # equal epochs to the VAE
+        epochs = args.iwae_epochs or (load_model(vae_dir)[2] if has_checkpoint(vae_dir) else args.epochs)  # equal epochs
         iwae_dir = runs / f"iwae-{args.iwae_k}"
         iwae = train(f"iwae-{args.iwae_k}", iwae_dir, "iwae", args.iwae_k, epochs, None, args.device)
         rows.append({"model": f"IWAE k={args.iwae_k}", "published_nll": PUBLISHED.get(f"iwae-{args.iwae_k}", ""),

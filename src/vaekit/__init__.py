@@ -15,6 +15,9 @@ from .images import image_grid, save_png
 from .likelihoods import LIKELIHOODS
 from .models import MODELS, VAE, AutoEncoder, build_model
 from .objectives import LOSSES, ae_loss, elbo
+from . import plots
+from .plots import PlotOptions, compare_runs, plot_run
+from .report import write_report
 from .sampling import sample_run
 from .train import FitResult, fit
 

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN (only --epochs/--max-minutes/--device may change)")
     tr.add_argument("--preset", help="start from a named configuration: pytorch-examples, iwae-paper (flags override it)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--no-report", action="store_true", help="do not write RUN/report.html at the end")
     _add_train_flags(tr)
 
     ev = sub.add_parser("eval", help="test-set negative ELBO, reconstruction and KL in nats/image")
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--data-dir", help="dataset cache (default $VAEKIT_DATA, else ~/.cache/vaekit)")
     de.add_argument("--device", default="auto", choices=DEVICES)
     de.add_argument("--no-progress", action="store_true")
+    _add_figure_commands(sub)
     return p
 
 
@@ -129,6 +131,10 @@ def _train(args) -> int:
         config = config_from_args(args, base=get_preset(args.preset) if args.preset else None)
         run_dir = Path(args.run_dir or f"runs/{config.model.model}-{config.data.source}-{time.strftime('%Y%m%d-%H%M%S')}")
         fit(config, run_dir, progress=not args.no_progress)
+    if not args.no_report:
+        from .report import write_report
+
+        write_report(run_dir)
     print(f"run saved in {run_dir}")
     return 0
 
@@ -167,7 +173,87 @@ def _demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "demo": _demo}
+# ----------------------------------------------------------------------------- figures and the run report
+
+# flag -> PlotOptions field; every flag defaults to None, so only what is given overrides the option's default
+_PLOT_FIELDS = {
+    "n": "n_samples", "temperature": "temperature", "n_recon": "n_reconstructions", "range": "z_range",
+    "resolution": "resolution", "steps": "steps", "dims": "dims", "projection": "projection",
+    "max_points": "max_points", "max_rows": "max_rows", "n_pairs": "n_pairs", "pair": "pairs",
+    "great_circle": "great_circle", "seed": "seed", "dpi": "dpi",
+}
+
+
+def _add_figure_flags(p: argparse.ArgumentParser, kinds: bool = True) -> None:
+    if kinds:
+        p.add_argument("--kind", nargs="+", metavar="K", help="figure kinds (default: all): samples, reconstructions, "
+                       "manifold, traversal (alias strip), scatter, interpolate, curves")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="default cpu")
+    p.add_argument("--data-dir", help="dataset cache, if not where the run found it")
+    f = p.add_argument_group("figure options")
+    f.add_argument("-n", type=int, help="samples: how many (default 64)")
+    f.add_argument("--temperature", type=float, help="samples: z ~ N(0, T^2 I) (default 1)")
+    f.add_argument("--n-recon", type=int, help="reconstructions: test images shown (default 16)")
+    f.add_argument("--range", type=float, nargs=2, metavar=("LO", "HI"), help="manifold, traversal: span of z (default -5 5)")
+    f.add_argument("--resolution", type=int, help="manifold: images per side (default 20)")
+    f.add_argument("--steps", type=int, help="traversal, interpolate: images per row (default 21 for a 1-D strip, else 11; 10)")
+    f.add_argument("--dims", type=int, nargs=2, metavar=("I", "J"), help="manifold, scatter --projection dims: the two z "
+                   "shown when latent_dim > 2 (default: the two most used)")
+    f.add_argument("--projection", help="scatter for latent_dim > 2: pca (default), tsne or dims")
+    f.add_argument("--max-points", type=int, help="scatter: at most this many test points (default 10000)")
+    f.add_argument("--max-rows", type=int, help="traversal: rows shown, most used dimensions first (default 32)")
+    f.add_argument("--n-pairs", type=int, help="interpolate: pairs of test images (default 5: digits 0->1, 2->3, ...)")
+    f.add_argument("--pair", type=int, nargs=2, action="append", metavar=("I", "J"),
+                   help="interpolate: test images I and J (repeatable)")
+    f.add_argument("--great-circle", action="store_true", default=None, help="interpolate: also along the great circle")
+    f.add_argument("--seed", type=int, help="default 0")
+    f.add_argument("--dpi", type=int, help="pixels per inch of the PNGs (default 100)")
+
+
+def _add_figure_commands(sub) -> None:
+    pl = sub.add_parser("plot", help="figures of a saved run: samples, manifold, scatter, ... as PNG files")
+    pl.add_argument("run")
+    pl.add_argument("--out", help="folder for KIND.png (default RUN/figures)")
+    _add_figure_flags(pl)
+    co = sub.add_parser("compare", help="the same figures for several runs side by side (e.g. an AE and a VAE)")
+    co.add_argument("runs", nargs="+", metavar="RUN")
+    co.add_argument("--out", default="compare", help="folder for compare-KIND.png (default ./compare)")
+    _add_figure_flags(co)
+    rp = sub.add_parser("report", help="RUN/report.html: config, final metrics and every figure, in one offline page")
+    rp.add_argument("run")
+    rp.add_argument("--out", help="HTML file (default RUN/report.html)")
+    _add_figure_flags(rp, kinds=False)
+
+
+def _plot_options(args):
+    from .plots import PlotOptions
+
+    return PlotOptions(**{field: getattr(args, flag) for flag, field in _PLOT_FIELDS.items() if getattr(args, flag) is not None})
+
+
+def _plot(args) -> int:
+    from .plots import plot_run
+
+    plot_run(args.run, args.kind, args.out, _plot_options(args), device=args.device, data_dir=args.data_dir)
+    return 0
+
+
+def _compare(args) -> int:
+    from .plots import compare_runs
+
+    compare_runs(args.runs, args.kind, args.out, _plot_options(args), device=args.device, data_dir=args.data_dir)
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    write_report(args.run, args.out, _plot_options(args), device=args.device, data_dir=args.data_dir)
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "demo": _demo,
+            "plot": _plot, "compare": _compare, "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:

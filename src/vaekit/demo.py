@@ -1,6 +1,6 @@
 """`vaekit demo`: the main job for a newcomer. Train a VAE on MNIST (or, offline without
-MNIST, on scikit-learn's bundled 8x8 digits), evaluate it on the test set, write samples and
-reconstructions into the run directory."""
+MNIST, on scikit-learn's bundled 8x8 digits), evaluate it on the test set, write samples,
+reconstructions, every figure of the latent space (figures/) and report.html into the run directory."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .data import load_data
 from .errors import DataError
 from .evaluate import evaluate
 from .images import image_grid, save_png
+from .report import write_report
 from .train import fit
 
 # The pytorch/examples VAE on MNIST; a smaller one for the 1,500 8x8 digits.
@@ -27,7 +28,8 @@ PRESETS = {
 
 def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, source: str | None = None,
              data_dir: str | None = None, device: str = "auto", progress: bool = True, log=print) -> dict:
-    """Train, evaluate and sample; returns the test metrics. Falls back to digits if MNIST is unavailable."""
+    """Train, evaluate, sample, draw the figures and the report; returns the test metrics.
+    Falls back to digits if MNIST is unavailable."""
     run_dir = Path(run_dir)
     source = source or "mnist"
     config = PRESETS[source]
@@ -52,6 +54,7 @@ def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, sourc
     pairs = torch.cat([test.x[:16], model.reconstruct(test.x[:16])])
     save_png(image_grid(pairs, nrow=16), run_dir / "reconstructions.png", scale=2)
     (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_report(run_dir, figures_dir=run_dir / "figures", device=device, data_dir=data_dir, log=None)
     log(f"test negative ELBO {metrics['loss']:.2f} nats/image (recon {metrics['recon']:.2f}, kl {metrics['kl']:.2f}); "
-        f"samples.png and reconstructions.png written to {run_dir}")
+        f"samples.png, reconstructions.png, figures/ and report.html written to {run_dir}")
     return metrics

@@ -1,0 +1,185 @@
+"""What a figure needs from a saved run: the model, the test set and its posterior codes, the
+metrics, each loaded once and only when a figure asks for it; and the options figures share."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_model
+from ..data import Dataset, batches, load_data
+from ..distributions import DiagonalGaussian
+from ..errors import ConfigError
+from ..evaluate import evaluate
+from ..runtime import resolve_device
+
+PROJECTIONS = ("pca", "tsne", "dims")
+
+
+class NotApplicable(Exception):
+    """This figure does not apply to this run (e.g. a 2-D manifold of a 1-D latent); the message says why."""
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    """Options of every figure kind; each kind reads the ones it needs. The CLI flag is in the comment."""
+
+    n_samples: int = 64                          # samples: how many (-n)
+    temperature: float = 1.0                     # samples: z ~ N(0, T^2 I) (--temperature)
+    n_reconstructions: int = 16                  # reconstructions: test images shown (--n-recon)
+    z_range: tuple[float, float] = (-5.0, 5.0)   # manifold and traversal: span of each z (--range LO HI)
+    resolution: int = 20                         # manifold: images per side (--resolution)
+    steps: int | None = None                     # traversal, interpolate: images per row (None: 11, a 1-D strip 21; 10)
+    dims: tuple[int, int] | None = None          # manifold, scatter 'dims': the two z shown (None: the two most used)
+    projection: str = "pca"                      # scatter of latent_dim > 2: pca, tsne or dims (--projection)
+    max_points: int = 10000                      # scatter: at most this many test points (--max-points)
+    max_rows: int = 32                           # traversal: rows shown, most used dimensions first (--max-rows)
+    n_pairs: int = 5                             # interpolate: pairs of test images (--n-pairs)
+    pairs: tuple[tuple[int, int], ...] | None = None  # interpolate: explicit test indices (--pair I J)
+    great_circle: bool = False                   # interpolate: also along the great circle (--great-circle)
+    seed: int = 0
+    dpi: int = 100                               # pixels per inch: a figure is (width x height inches) * dpi pixels
+
+    def __post_init__(self):
+        object.__setattr__(self, "z_range", tuple(float(v) for v in self.z_range))  # lists from argparse or JSON
+        if self.dims is not None:
+            object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
+        if self.pairs is not None:
+            object.__setattr__(self, "pairs", tuple(tuple(int(i) for i in p) for p in self.pairs))
+        if len(self.z_range) != 2:
+            raise ConfigError(f"--range {self.z_range} is impossible: give two numbers, LO HI")
+        lo, hi = self.z_range
+        checks = [
+            (self.n_samples >= 1, f"-n {self.n_samples}", "ask for at least one sample"),
+            (self.temperature > 0, f"--temperature {self.temperature:g}", "it must be > 0"),
+            (self.n_reconstructions >= 1, f"--n-recon {self.n_reconstructions}", "show at least one image"),
+            (lo < hi, f"--range {lo:g} {hi:g}", "LO must be below HI"),
+            (max(abs(lo), abs(hi)) <= 1e3, f"--range {lo:g} {hi:g}", "keep |z| <= 1000"),
+            (2 <= self.resolution <= 100, f"--resolution {self.resolution}", "use 2 to 100 images per side"),
+            (self.steps is None or 2 <= self.steps <= 100, f"--steps {self.steps}", "use 2 to 100 images per row"),
+            (self.dims is None or (len(self.dims) == 2 and self.dims[0] != self.dims[1] and min(self.dims) >= 0),
+             f"--dims {' '.join(map(str, self.dims or ()))}", "give two different latent indices >= 0"),
+            (self.projection in PROJECTIONS, f"--projection {self.projection!r}", f"choose {', '.join(PROJECTIONS)}"),
+            (self.max_points >= 10, f"--max-points {self.max_points}", "show at least 10 points"),
+            (self.max_rows >= 1, f"--max-rows {self.max_rows}", "show at least one row"),
+            (self.n_pairs >= 1, f"--n-pairs {self.n_pairs}", "ask for at least one pair"),
+            (self.pairs is None or (len(self.pairs) >= 1 and all(len(p) == 2 and min(p) >= 0 for p in self.pairs)),
+             f"--pair {self.pairs}", "give pairs of test-set indices >= 0"),
+            (20 <= self.dpi <= 400, f"--dpi {self.dpi}", "use 20 to 400"),
+        ]
+        for ok, given, fix in checks:
+            if not ok:
+                raise ConfigError(f"{given} is impossible: {fix}")
+
+
+class Run:
+    """A saved run opened for figures: weights + config now, test data and metrics on first use."""
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu", data_dir: str | None = None):
+        self.dir = Path(run_dir)
+        self.model, self.config, self.epoch = load_model(self.dir, resolve_device(device))
+        self.data_dir = data_dir
+
+    @property
+    def name(self) -> str:
+        return self.dir.resolve().name
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.model.latent_dim
+
+    @property
+    def kind(self) -> str:
+        return self.config.model.model
+
+    def describe(self, test_loss: bool = False) -> str:
+        """'vae2: vae, latent_dim=2' (+ the test loss): the line that names a run in a figure."""
+        text = f"{self.name}: {self.kind}, latent_dim={self.latent_dim}"
+        if test_loss:
+            what = "" if self.uses_kl else " (recon only)"
+            text += f", test loss {self.test_metrics['loss']:.2f}{what}"
+        return text
+
+    @cached_property
+    def test(self) -> Dataset:
+        cfg = self.config.data if self.data_dir is None else dataclasses.replace(self.config.data, data_dir=self.data_dir)
+        return load_data(cfg).test.to(self.model.device)
+
+    @cached_property
+    def metrics(self) -> list[dict]:
+        """metrics.jsonl: one dict per finished epoch."""
+        path = self.dir / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int):
+        """Draw from torch's RNG with a fixed seed, leaving the caller's RNG state as it was."""
+        devices = [self.model.device] if self.model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    @cached_property
+    def test_metrics(self) -> dict[str, float]:
+        """Test loss, recon and KL in nats/image, as `vaekit eval RUN` (seed 0) reports them."""
+        with self.seeded(0):
+            return evaluate(self.model, self.test, self.config.train)
+
+    @cached_property
+    def _codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mus, kls = [], []
+        with torch.no_grad():
+            for xb, _ in batches(self.test, 1000):
+                q = self.model.encode(xb)
+                mus.append(q.mode.float())
+                if isinstance(q, DiagonalGaussian):  # KL(q(z_d|x) || N(0, 1)) for each dimension d: (B, D)
+                    kls.append(DiagonalGaussian(q.mu, q.logvar, event_ndim=0).kl())
+        mu = torch.cat(mus)                                                   # (N, D)
+        usage = torch.cat(kls).mean(0) if kls else mu.var(0, unbiased=False)  # (D,)
+        return mu, usage
+
+    @property
+    def mu(self) -> torch.Tensor:
+        """Posterior means (the AE's codes) of the test set: (N, D)."""
+        return self._codes[0]
+
+    @property
+    def usage(self) -> torch.Tensor:
+        """How much each latent dimension is used, (D,): average KL per dimension (nats) for a
+        model with a posterior, else the variance of the codes over the test set."""
+        return self._codes[1]
+
+    @cached_property
+    def uses_kl(self) -> bool:
+        """True when the encoder outputs a distribution q(z|x) (so a KL exists); False for an AE's point codes."""
+        with torch.no_grad():
+            x = torch.zeros(1, *self.config.model.input_shape, device=self.model.device)
+            return isinstance(self.model.encode(x), DiagonalGaussian)
+
+    @property
+    def usage_name(self) -> str:
+        return "KL" if self.uses_kl else "var"
+
+    def by_usage(self) -> list[int]:
+        """Latent dimensions, most used first."""
+        return torch.argsort(self.usage.cpu(), descending=True, stable=True).tolist()
+
+    def two_dims(self, dims: tuple[int, int] | None) -> tuple[tuple[int, int], str]:
+        """The two latent dimensions a 2-D view shows, and how they were chosen."""
+        if dims is not None:
+            if max(dims) >= self.latent_dim:
+                raise ConfigError(f"--dims {dims[0]} {dims[1]}: {self.name} has latent_dim={self.latent_dim}; "
+                                  f"choose two indices in 0..{self.latent_dim - 1}")
+            return (dims[0], dims[1]), "chosen"
+        if self.latent_dim == 2:
+            return (0, 1), ""
+        first, second = self.by_usage()[:2]
+        return (first, second), f"the two with the highest {self.usage_name}"
