@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,13 +38,14 @@ def evaluate(model, ds: Dataset, train_cfg, batch_size: int = 1000) -> dict[str,
 
 @torch.no_grad()
 def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = None, batch_size: int | None = None,
-                   precision: str = "fp32", max_rows: int = 50_000, compile: bool | None = None) -> dict:
+                   precision: str = "fp32", max_rows: int = 10_000, compile: bool | None = None) -> dict:
     """Importance-sampled log p(x) with the encoder as proposal (Burda et al. 2016, eq. 8):
 
         log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k,  z_i ~ q(z|x).
 
     Vectorised over images and samples; samples come in chunks of `chunk_size` per image and
-    about `max_rows` decoder rows at a time, so memory is bounded whatever k; the log-sum-exp
+    about `max_rows` decoder rows at a time (10,000 keeps a chunk's logits in cache: 4x faster
+    than 50,000 on this project's CPU), so memory is bounded whatever k; the log-sum-exp
     is accumulated across chunks in float64. With `compile` (default: when N * k >= 1e7) the
     decoder and log-density are fused by torch.compile. Returns nats per example (mean and
     standard error of -log p(x)), bits/dim, the ELBO terms from the same samples (closed-form
@@ -64,7 +66,14 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
         sum_log_px_z = torch.zeros(len(xb), dtype=torch.float64, device=xb.device)
         for start in range(0, k, chunk):
             with autocast(xb.device, precision):
-                log_w, log_px_z = log_w_fn(model, q.mu, q.logvar, xb, min(chunk, k - start))   # (chunk, B) each
+                try:
+                    log_w, log_px_z = log_w_fn(model, q.mu, q.logvar, xb, min(chunk, k - start))   # (chunk, B) each
+                except Exception as e:  # no C++ compiler, unsupported backend...: same numbers, eager speed
+                    if log_w_fn is _log_w:
+                        raise
+                    warnings.warn(f"torch.compile failed ({type(e).__name__}); estimating log p(x) without it")
+                    log_w_fn = _log_w
+                    log_w, log_px_z = log_w_fn(model, q.mu, q.logvar, xb, min(chunk, k - start))
             lse = torch.logaddexp(lse, torch.logsumexp(log_w.double(), dim=0))
             sum_log_px_z += log_px_z.double().sum(0)
         log_px.append(lse - math.log(k))
