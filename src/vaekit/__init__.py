@@ -5,7 +5,7 @@
 
 from .checkpoint import load_model, save_checkpoint
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import SOURCES, DataSplits, Dataset, batches, data_root, load_data
+from .data import SOURCES, DataSplits, Dataset, batches, data_root, default_likelihood, load_data
 from .demo import run_demo
 from .distributions import Bernoulli, DiagonalGaussian, PointMass, gaussian_kl
 from .errors import CheckpointError, ConfigError, DataError, VaekitError
@@ -17,6 +17,7 @@ from .models import MODELS, VAE, AutoEncoder, build_model
 from .objectives import LOSSES, ae_loss, elbo
 from . import plots
 from .plots import PlotOptions, compare_runs, plot_run
+from .registry import list_components
 from .report import write_report
 from .sampling import sample_run
 from .train import FitResult, fit

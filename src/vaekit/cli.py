@@ -17,7 +17,8 @@ _FIELDS = {
     "model": ("model", "model"), "latent_dim": ("model", "latent_dim"), "hidden": ("model", "hidden_dims"),
     "activation": ("model", "activation"), "likelihood": ("model", "likelihood"), "obs_std": ("model", "obs_std"),
     "data": ("data", "source"), "pixels": ("data", "pixels"), "val_size": ("data", "val_size"),
-    "data_dir": ("data", "data_dir"), "limit": ("data", "limit"),
+    "data_dir": ("data", "data_dir"), "limit": ("data", "limit"), "path": ("data", "path"),
+    "image_size": ("data", "image_size"), "label_column": ("data", "label_column"), "test_fraction": ("data", "test_fraction"),
     "loss": ("train", "loss"), "beta": ("train", "beta"), "mc_samples": ("train", "mc_samples"), "kl": ("train", "kl"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "seed": ("train", "seed"), "device": ("train", "device"), "precision": ("train", "precision"),
@@ -37,6 +38,9 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
         from .models import MODELS  # an AE trains on its reconstruction loss unless told otherwise
         if sections["model"]["model"] in MODELS:
             sections["train"]["loss"] = MODELS[sections["model"]["model"]].default_loss
+    if "likelihood" not in sections["model"] and base.model.likelihood == ModelConfig.likelihood:
+        from .data import default_likelihood  # a table is standardised: Gaussian unless told otherwise
+        sections["model"]["likelihood"] = default_likelihood(sections["data"].get("source", base.data.source))
     return RunConfig(**{name: dataclasses.replace(getattr(base, name), **vals) for name, vals in sections.items()})
 
 
@@ -46,10 +50,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--latent-dim", type=int, help="size of z (default 20)")
     m.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths (default 400)")
     m.add_argument("--activation", help="relu (default), tanh, elu, gelu, silu, leaky_relu")
-    m.add_argument("--likelihood", help="bernoulli (default), gaussian, gaussian-learned")
+    m.add_argument("--likelihood", help="bernoulli (default; gaussian-learned for --data csv), gaussian, gaussian-learned")
     m.add_argument("--obs-std", type=float, help="sigma of the fixed Gaussian likelihood (default 0.1)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", help="mnist (default) or digits (bundled 8x8 digits, no download)")
+    d.add_argument("--data", help="mnist (default), fashion-mnist, digits (bundled 8x8 digits, no download), "
+                   "folder, npy, csv (your files: --path); see `vaekit list`")
+    d.add_argument("--path", help="folder, npy, csv: the folder of images, the .npy/.npz file or the .csv file")
+    d.add_argument("--image-size", type=int, metavar="N", help="folder: resize every image to N x N")
+    d.add_argument("--label-column", metavar="NAME", help="csv: the column of class labels (not a feature)")
+    d.add_argument("--test-fraction", type=float, help="folder, npy, csv: share held out as the test set (default 0.1)")
     d.add_argument("--pixels", choices=PIXEL_MODES, help="grey (default), dynamic or static binarisation")
     d.add_argument("--val-size", type=int, help="validation images carved from the training set (default 5000)")
     d.add_argument("--data-dir", help="dataset cache (default $VAEKIT_DATA, else ~/.cache/vaekit)")
@@ -98,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa = sub.add_parser("sample", help="decode z ~ N(0, I) into an image grid")
     sa.add_argument("run")
     sa.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    sa.add_argument("--out", default="samples.png", help="PNG file (default samples.png)")
+    sa.add_argument("--out", help="PNG grid of images (default samples.png); CSV rows for a table (default samples.csv)")
     sa.add_argument("--temperature", type=float, default=1.0, help="scale of z's standard deviation")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--nrow", type=int, help="images per row (default: square)")
@@ -113,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--device", default="auto", choices=DEVICES)
     de.add_argument("--no-progress", action="store_true")
     _add_figure_commands(sub)
+    sub.add_parser("list", help="the registered models, losses, architectures, likelihoods and data sources")
     return p
 
 
@@ -252,8 +262,20 @@ def _report(args) -> int:
     return 0
 
 
+def _list(args) -> int:
+    from .registry import list_components
+
+    rows = list_components()
+    width = max(len(name) for _, name, _ in rows)
+    for i, (kind, name, about) in enumerate(rows):
+        if i == 0 or kind != rows[i - 1][0]:
+            print(f"{chr(10) if i else ''}{kind}:")
+        print(f"  {name:<{width}}  {about}")
+    return 0
+
+
 COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "demo": _demo,
-            "plot": _plot, "compare": _compare, "report": _report}
+            "plot": _plot, "compare": _compare, "report": _report, "list": _list}
 
 
 def main(argv: list[str] | None = None) -> int:

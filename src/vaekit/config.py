@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,12 +58,24 @@ class DataConfig:
     val_size: int = 5000             # carved from the training set; 0 means no validation
     data_dir: str | None = None      # None: $VAEKIT_DATA, else ~/.cache/vaekit
     limit: int | None = None         # use only the first N training images (quick runs, tests)
+    path: str | None = None          # folder, npy, csv: the folder or file; stored absolute so a saved run finds it anywhere
+    image_size: int | None = None    # folder: resize every image to image_size x image_size (None: keep, all must match)
+    label_column: str | None = None  # csv: the column of class labels (not a feature); None: no labels
+    test_fraction: float = 0.1       # folder, npy, csv: share held out as the test set (fixed seed)
 
     def __post_init__(self):
         _check_choice("pixels", self.pixels, PIXEL_MODES)
         _check_positive("val_size", self.val_size, allow_zero=True)
         if self.limit is not None:
             _check_positive("limit", self.limit)
+        if self.path is not None:
+            if not str(self.path).strip():
+                raise ConfigError("path='' is impossible: give the file or folder to read")
+            object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(str(self.path))))
+        if self.image_size is not None:
+            _check_positive("image_size", self.image_size)
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction={self.test_fraction!r} is impossible: it must be between 0 and 1 (e.g. 0.1)")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ class BernoulliHead(nn.Module):
     """Bernoulli(logits): binary or grey images in [0, 1] (cross-entropy reconstruction)."""
 
     params_per_feature = 1
+    support = (0.0, 1.0)  # the data it can model; training checks the data lie inside
 
     def __init__(self, cfg):
         super().__init__()
@@ -33,6 +34,7 @@ class GaussianHead(nn.Module):
     """N(mean, diag(sigma^2)): sigma fixed by the config (obs_std), or learned per feature."""
 
     params_per_feature = 1
+    support = None        # any real data
 
     def __init__(self, cfg, learned: bool = False):
         super().__init__()

@@ -24,10 +24,16 @@ def activation(name: str) -> nn.Module:
 
 
 def mlp(sizes: list[int], act: str) -> nn.Sequential:
-    """Linear layers sizes[0] -> ... -> sizes[-1], `act` between them, none after the last."""
+    """Fully connected: Linear layers sizes[0] -> ... -> sizes[-1], `act` between them, none after the last."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(activation(act))
     return nn.Sequential(*layers)
+
+
+# Encoder/decoder bodies by name (`vaekit list`); the models build theirs with mlp.
+ARCHITECTURES = {
+    "mlp": mlp,
+}

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .checkpoint import has_checkpoint, load_config, load_trainer_state, load_weights, save_checkpoint
 from .config import RunConfig
 from .data import DataSplits, batches, load_data
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
 from .models import build_model
 from .objectives import get_loss
@@ -52,6 +52,7 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
 
     torch.manual_seed(tcfg.seed)
     model = build_model(config.model).to(device)
+    check_support(model, data)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, eps=tcfg.adam_eps, fused=True)  # one kernel for all parameters
     generator = torch.Generator(device=device).manual_seed(tcfg.seed)  # shuffling + dynamic binarisation
     start, trained_seconds = 0, 0.0
@@ -111,6 +112,19 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
             hook(record, model)
     model.eval()
     return FitResult(model, config, history, run_dir)
+
+
+def check_support(model, data: DataSplits) -> None:
+    """Refuse data outside the likelihood's support (Bernoulli: [0, 1]) before it trains into NaNs."""
+    support = getattr(model.likelihood, "support", None)
+    splits = [ds.x for ds in (data.train, data.val, data.test) if ds is not None and len(ds)]
+    if support is None or not splits:
+        return
+    lo, hi = min(x.min().item() for x in splits), max(x.max().item() for x in splits)
+    if lo < support[0] or hi > support[1]:
+        what = " (a table, standardised)" if data.mean is not None else ""
+        raise ConfigError(f"the {model.config.likelihood} likelihood models data in [{support[0]:g}, {support[1]:g}] but "
+                          f"{data.name}{what} spans [{lo:.3g}, {hi:.3g}]; pass --likelihood gaussian-learned (or gaussian)")
 
 
 def learning_rate(tcfg, epoch: int) -> float:

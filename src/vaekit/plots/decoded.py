@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -32,10 +33,23 @@ def decode(run: Run, z: torch.Tensor) -> torch.Tensor:
     return run.model.decode(z.to(run.model.device)).mean.clamp(0, 1).float().cpu()
 
 
+def images_only(draw):
+    """A figure of decoded images does not apply to a run on table rows: say so instead of drawing."""
+    @functools.wraps(draw)
+    def checked(run: Run, fig, opt: PlotOptions) -> str:
+        shape = run.config.model.input_shape
+        if len(shape) != 3:
+            raise NotApplicable(f"{run.name} models table rows of {shape[0]} columns, not images; "
+                                "`vaekit sample RUN --out samples.csv` writes decoded rows")
+        return draw(run, fig, opt)
+    return checked
+
+
 def _z(v: float) -> str:
     return f"{v:.2g}" if abs(v) < 10 else f"{v:.0f}"
 
 
+@images_only
 def draw_samples(run: Run, fig, opt: PlotOptions) -> str:
     with run.seeded(opt.seed):
         x = run.model.generate(opt.n_samples, opt.temperature)
@@ -56,6 +70,7 @@ def reconstruction_rows(opt: PlotOptions) -> int:
     return 2 * math.ceil(opt.n_reconstructions / RECON_COLUMNS)
 
 
+@images_only
 def draw_reconstructions(run: Run, fig, opt: PlotOptions) -> str:
     n = min(opt.n_reconstructions, len(run.test))
     x = run.test.x[:n]
@@ -77,6 +92,7 @@ def draw_reconstructions(run: Run, fig, opt: PlotOptions) -> str:
     return f"{n} test images x above their reconstructions $\\hat{{x}}$ = mean of p(x|z), z = mode of q(z|x)"
 
 
+@images_only
 def draw_manifold(run: Run, fig, opt: PlotOptions) -> str:
     if run.latent_dim < 2:
         raise NotApplicable(f"a 2-D manifold needs latent_dim >= 2 and {run.name} has {run.latent_dim}; "
@@ -104,6 +120,7 @@ def traversal_rows(run: Run, opt: PlotOptions) -> int:
     return min(run.latent_dim, opt.max_rows)
 
 
+@images_only
 def draw_traversal(run: Run, fig, opt: PlotOptions) -> str:
     order = run.by_usage()[:opt.max_rows]
     usage = run.usage.cpu()
@@ -166,6 +183,7 @@ def slerp(za: torch.Tensor, zb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (torch.sin((1 - t) * omega)[:, None] * za + torch.sin(t * omega)[:, None] * zb) / torch.sin(omega)
 
 
+@images_only
 def draw_interpolate(run: Run, fig, opt: PlotOptions) -> str:
     test = run.test
     pairs = list(opt.pairs) if opt.pairs else default_pairs(test.y, opt.n_pairs, len(test))
