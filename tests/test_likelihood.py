@@ -104,3 +104,16 @@ def test_impossible_k_is_a_clear_error():
     model, ds, _ = ppca()
     with pytest.raises(ConfigError, match="k=0 is impossible"):
         log_likelihood(model, ds, k=0)
+
+
+def test_the_compiled_estimate_follows_changed_weights():
+    model, ds, exact = ppca()
+    first = log_likelihood(model, ds, k=5, compile=True)["nll"]
+    with torch.no_grad():
+        model.decoder[0].bias.add_(1.0)      # the model moves on (e.g. more training)
+    torch.manual_seed(0)
+    compiled = log_likelihood(model, ds, k=5, compile=True)["nll"]
+    torch.manual_seed(0)
+    eager = log_likelihood(model, ds, k=5, compile=False)["nll"]
+    # compiled code draws its own random numbers: equal up to Monte Carlo noise, far from the old value
+    assert compiled == pytest.approx(eager, abs=0.3) and compiled > first + 5
