@@ -25,6 +25,15 @@ def _seed_and_threads():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is as fast, and stays fast when other jobs load the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def synthetic_splits(shape=(1, 6, 6), n=96, classes=3, seed=0) -> DataSplits:
     """Tiny image-like data: each class a different blob, values in [0, 1]."""
     g = torch.Generator().manual_seed(seed)

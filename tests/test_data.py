@@ -4,7 +4,7 @@ import struct
 import pytest
 import torch
 
-from conftest import mnist_root, needs_mnist
+from conftest import needs_mnist
 from vaekit import DataConfig, DataError, batches, data_root, load_data, read_idx
 from vaekit.data import MNIST
 from vaekit.errors import ConfigError

@@ -39,13 +39,7 @@ def expected_size(kind: str, latent_dim: int, opt: plots.PlotOptions) -> tuple[i
     return FIXED_SIZES[kind]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast, and stays fast when other jobs load the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

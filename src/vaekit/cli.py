@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DEVICES, KL_MODES, LR_SCHEDULES, PIXEL_MODES, PRECISIONS, DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import DEVICES, KL_MODES, LR_SCHEDULES, PIXEL_MODES, PRECISIONS, ModelConfig, RunConfig
 from .errors import VaekitError
 
 # CLI flag -> (config section, field). Every flag defaults to None: only what is given overrides.
