@@ -1,4 +1,4 @@
-"""One suite over every registered model x likelihood x latent size, on tiny synthetic data."""
+"""One suite over every registered model x likelihood x architecture x latent size, on tiny synthetic data."""
 
 import pytest
 import torch
@@ -6,20 +6,22 @@ import torch
 from conftest import synthetic_splits
 from vaekit import LIKELIHOODS, LOSSES, MODELS, ModelConfig, TrainConfig, build_model
 from vaekit.errors import ConfigError
+from vaekit.nets import ARCHITECTURES
 
 SHAPE = (1, 6, 6)
 VARIANTS = [(m, lik) for m in MODELS for lik in LIKELIHOODS]
 
 
-def make(model="vae", likelihood="bernoulli", latent_dim=2, **kw):
+def make(model="vae", likelihood="bernoulli", latent_dim=2, arch="mlp", **kw):
     return build_model(ModelConfig(model=model, input_shape=SHAPE, latent_dim=latent_dim, hidden_dims=(16, 8),
-                                   likelihood=likelihood, **kw))
+                                   likelihood=likelihood, arch=arch, **kw))
 
 
 @pytest.mark.parametrize("model_name,likelihood", VARIANTS)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("latent_dim", [1, 2, 5])
-def test_forward_loss_step_generate(model_name, likelihood, latent_dim):
-    model = make(model_name, likelihood, latent_dim)
+def test_forward_loss_step_generate(model_name, likelihood, arch, latent_dim):
+    model = make(model_name, likelihood, latent_dim, arch)
     x = synthetic_splits(SHAPE).train.x[:8]
     cfg = TrainConfig(loss=MODELS[model_name].default_loss, mc_samples=2)
     terms = LOSSES[cfg.loss](model, x, cfg)
@@ -70,7 +72,7 @@ def test_elbo_needs_a_stochastic_encoder():
 
 
 def test_unknown_names_are_config_errors():
-    for kw in ({"model": "gan"}, {"likelihood": "poisson"}, {"activation": "swishy"}):
+    for kw in ({"model": "gan"}, {"likelihood": "poisson"}, {"activation": "swishy"}, {"arch": "transformer"}):
         with pytest.raises(ConfigError, match="unknown"):
             make(**kw)
 

@@ -15,7 +15,8 @@ from .errors import VaekitError
 # CLI flag -> (config section, field). Every flag defaults to None: only what is given overrides.
 _FIELDS = {
     "model": ("model", "model"), "latent_dim": ("model", "latent_dim"), "hidden": ("model", "hidden_dims"),
-    "activation": ("model", "activation"), "likelihood": ("model", "likelihood"), "obs_std": ("model", "obs_std"),
+    "activation": ("model", "activation"), "arch": ("model", "arch"), "residual": ("model", "residual"),
+    "likelihood": ("model", "likelihood"), "obs_std": ("model", "obs_std"),
     "data": ("data", "source"), "pixels": ("data", "pixels"), "val_size": ("data", "val_size"),
     "data_dir": ("data", "data_dir"), "limit": ("data", "limit"), "path": ("data", "path"),
     "image_size": ("data", "image_size"), "label_column": ("data", "label_column"), "test_fraction": ("data", "test_fraction"),
@@ -48,8 +49,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--model", help="vae (default) or ae")
     m.add_argument("--latent-dim", type=int, help="size of z (default 20)")
-    m.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths (default 400)")
+    m.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths, or conv channel widths (default 400)")
     m.add_argument("--activation", help="relu (default), tanh, elu, gelu, silu, leaky_relu")
+    m.add_argument("--arch", help="mlp (default) or conv (then --hidden gives the channel widths of stride-2 convs)")
+    m.add_argument("--residual", action="store_true", default=None, help="conv: a residual block after each stage")
     m.add_argument("--likelihood", help="bernoulli (default; gaussian-learned for --data csv), gaussian, gaussian-learned")
     m.add_argument("--obs-std", type=float, help="sigma of the fixed Gaussian likelihood (default 0.1)")
     d = p.add_argument_group("data")

@@ -39,6 +39,8 @@ class ModelConfig:
     latent_dim: int = 20
     hidden_dims: tuple[int, ...] = (400,)        # encoder widths; the decoder mirrors them
     activation: str = "relu"
+    arch: str = "mlp"                            # a key of vaekit.nets.ARCHITECTURES: mlp, conv (hidden_dims are then channel widths)
+    residual: bool = False                       # conv: a residual block (two 3x3 convs + skip) after each stage
     likelihood: str = "bernoulli"                # a key of vaekit.distributions.LIKELIHOODS
     obs_std: float = 0.1                         # std of the fixed-variance Gaussian likelihood
 
@@ -49,6 +51,10 @@ class ModelConfig:
         for d in self.hidden_dims + self.input_shape:
             _check_positive("a layer size", d)
         _check_positive("obs_std", self.obs_std)
+        from .nets import ARCHITECTURES  # here, not at the top: config.py stays importable without torch
+
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"architecture {self.arch!r} is unknown; choose one of {', '.join(ARCHITECTURES)}")
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,6 @@ vaekit.objectives, not a new class here.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -15,11 +13,12 @@ from .config import ModelConfig
 from .distributions import DiagonalGaussian, PointMass
 from .errors import ConfigError
 from .likelihoods import LIKELIHOODS
-from .nets import mlp
+from .nets import ARCHITECTURES
 
 
 class LatentModel(nn.Module):
-    """Shared body: an MLP encoder x -> (encoder_outputs * latent_dim) and an MLP decoder z -> p(x|z)."""
+    """Shared body: an encoder x -> (encoder_outputs * latent_dim) and a decoder z -> p(x|z), both built by
+    the config's architecture (vaekit.nets.ARCHITECTURES)."""
 
     encoder_outputs = 1  # numbers per latent dimension the encoder emits
     default_loss = "ae"
@@ -28,12 +27,12 @@ class LatentModel(nn.Module):
         super().__init__()
         if config.likelihood not in LIKELIHOODS:
             raise ConfigError(f"likelihood {config.likelihood!r} is unknown; choose one of {', '.join(LIKELIHOODS)}")
+        if config.arch not in ARCHITECTURES:
+            raise ConfigError(f"architecture {config.arch!r} is unknown; choose one of {', '.join(ARCHITECTURES)}")
         self.config = config
-        n_x = math.prod(config.input_shape)
-        hidden = list(config.hidden_dims)
         self.likelihood = LIKELIHOODS[config.likelihood](config)
-        self.encoder = mlp([n_x, *hidden, self.encoder_outputs * config.latent_dim], config.activation)
-        self.decoder = mlp([config.latent_dim, *hidden[::-1], n_x * self.likelihood.params_per_feature], config.activation)
+        self.encoder, self.decoder = ARCHITECTURES[config.arch](
+            config, self.encoder_outputs * config.latent_dim, self.likelihood.params_per_feature)
 
     def prior(self, device=None) -> DiagonalGaussian:
         """p(z) = N(0, I)."""
@@ -63,7 +62,7 @@ class AutoEncoder(LatentModel):
     """Deterministic baseline: z = f(x), trained on reconstruction alone."""
 
     def encode(self, x: torch.Tensor) -> PointMass:
-        return PointMass(self.encoder(x.flatten(1)))
+        return PointMass(self.encoder(x))
 
 
 class VAE(LatentModel):
@@ -73,7 +72,7 @@ class VAE(LatentModel):
     default_loss = "elbo"
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=-1)  # (B, D) each
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)  # (B, D) each
         return DiagonalGaussian(mu, logvar)
 
 

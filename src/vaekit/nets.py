@@ -1,7 +1,16 @@
-"""Encoder and decoder bodies, sized from config (never literal layer sizes)."""
+"""Encoder and decoder bodies, sized from config (never literal layer sizes).
+
+An ARCHITECTURES entry builds the pair (encoder, decoder) for a ModelConfig:
+the encoder maps x (B, C, H, W) to (B, code_size) (code_size = encoder outputs x latent_dim),
+the decoder maps z (..., latent_dim) to (..., C*H*W * params_per_feature), which a
+likelihood head (vaekit.likelihoods) unflattens.
+"""
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from .errors import ConfigError
@@ -33,7 +42,110 @@ def mlp(sizes: list[int], act: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-# Encoder/decoder bodies by name (`vaekit list`); the models build theirs with mlp.
+class FlatInput(nn.Sequential):
+    """A Sequential that first flattens each example: (B, C, H, W) -> (B, C*H*W). Same parameter names as nn.Sequential."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1))
+
+
+def mlp_bodies(config, code_size: int, params_per_feature: int) -> tuple[nn.Module, nn.Module]:
+    """Fully connected: hidden_dims are the encoder's layer widths; the decoder mirrors them."""
+    if config.residual:
+        raise ConfigError("residual blocks are part of arch='conv'; drop --residual or add --arch conv")
+    n_x, hidden = math.prod(config.input_shape), list(config.hidden_dims)
+    encoder = FlatInput(*mlp([n_x, *hidden, code_size], config.activation))
+    decoder = mlp([config.latent_dim, *hidden[::-1], n_x * params_per_feature], config.activation)
+    return encoder, decoder
+
+
+class ResidualBlock(nn.Module):
+    """x + conv3x3(act(conv3x3(act(x)))): same channels, same size (He et al. 2016, pre-activation)."""
+
+    def __init__(self, channels: int, act: str):
+        super().__init__()
+        self.body = nn.Sequential(activation(act), nn.Conv2d(channels, channels, 3, padding=1),
+                                  activation(act), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def conv_sizes(hw: tuple[int, int], n_layers: int) -> list[tuple[int, int]]:
+    """Feature-map sizes through the encoder: a 4x4 stride-2 conv (padding 1) halves (floor) a map
+    of at least 2x2; once a side is 1 the remaining layers are 3x3 stride-1 and keep the size."""
+    sizes = [tuple(hw)]
+    for _ in range(n_layers):
+        h, w = sizes[-1]
+        sizes.append((h // 2, w // 2) if min(h, w) >= 2 else (h, w))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """x (B, C, H, W) -> stride-2 convs (widths hidden_dims) -> flatten -> Linear -> (B, code_size)."""
+
+    def __init__(self, config, code_size: int):
+        super().__init__()
+        c, h, w = config.input_shape
+        widths, act = list(config.hidden_dims), config.activation
+        sizes = conv_sizes((h, w), len(widths))
+        layers: list[nn.Module] = []
+        for c_in, c_out, (size_in, size_out) in zip([c, *widths], widths, zip(sizes, sizes[1:])):
+            down = size_out != size_in
+            layers += [nn.Conv2d(c_in, c_out, 4 if down else 3, stride=2 if down else 1, padding=1), activation(act)]
+            if config.residual:
+                layers.append(ResidualBlock(c_out, act))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(widths[-1] * math.prod(sizes[-1]), code_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """z (..., D) -> Linear to the smallest feature map -> transposed convs back up (output_padding
+    restores odd sides exactly) -> 3x3 conv to C * params_per_feature channels -> (..., C*H*W*params)."""
+
+    def __init__(self, config, params_per_feature: int):
+        super().__init__()
+        c, h, w = config.input_shape
+        widths, act = list(config.hidden_dims), config.activation
+        sizes = conv_sizes((h, w), len(widths))
+        self.start = (widths[-1], *sizes[-1])  # (C_last, h_n, w_n)
+        self.project = nn.Sequential(nn.Linear(config.latent_dim, math.prod(self.start)), activation(act))
+        layers: list[nn.Module] = []
+        # Walk the encoder backwards: layer i took sizes[i] -> sizes[i+1] and widths[i-1] -> widths[i].
+        for i in reversed(range(len(widths))):
+            c_in, c_out = widths[i], widths[max(i - 1, 0)]
+            (h_out, w_out), (h_in, w_in) = sizes[i], sizes[i + 1]
+            if (h_out, w_out) != (h_in, w_in):  # ConvTranspose2d(k4, s2, p1) gives 2n; + output_padding (0 or 1) gives exactly n_out
+                pad = (h_out - 2 * h_in, w_out - 2 * w_in)
+                layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, output_padding=pad))
+            else:
+                layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+            layers.append(activation(act))
+            if config.residual:
+                layers.append(ResidualBlock(c_out, act))
+        layers.append(nn.Conv2d(widths[0], c * params_per_feature, 3, padding=1))
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]  # e.g. (k, B) with Monte Carlo samples: convs need one batch dim
+        out = self.features(self.project(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start))
+        return out.reshape(*lead, -1)
+
+
+def conv_bodies(config, code_size: int, params_per_feature: int) -> tuple[nn.Module, nn.Module]:
+    """Convolutional (DCGAN-like) for any C x H x W: hidden_dims are the channel widths of stride-2 convs; residual blocks optional."""
+    if len(config.input_shape) != 3:
+        raise ConfigError(f"arch='conv' needs images shaped (C, H, W); the data are {tuple(config.input_shape)} (use --arch mlp)")
+    if not config.hidden_dims:
+        raise ConfigError("arch='conv' needs at least one channel width (--hidden N [N ...])")
+    return ConvEncoder(config, code_size), ConvDecoder(config, params_per_feature)
+
+
+# Encoder/decoder bodies by name: (config, code_size, params_per_feature) -> (encoder, decoder).
 ARCHITECTURES = {
-    "mlp": mlp,
+    "mlp": mlp_bodies,
+    "conv": conv_bodies,
 }
