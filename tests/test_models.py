@@ -93,3 +93,32 @@ def test_bf16_autocast_does_not_change_the_reported_loss():
         torch.manual_seed(5)
         results[precision] = evaluate(model, ds, TrainConfig(precision=precision))["loss"]
     assert results["bf16"] == pytest.approx(results["fp32"], rel=2e-3)
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_every_registered_loss_trains_a_vae(loss):
+    model = make("vae", latent_dim=3)
+    x = synthetic_splits(SHAPE).train.x[:8]
+    cfg = TrainConfig(loss=loss, mc_samples=3)
+    terms = LOSSES[loss](model, x, cfg, 0.5)
+    assert all(v.shape == (8,) and torch.isfinite(v).all() for v in terms.values())
+    terms["loss"].mean().backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+def test_kl_warm_up_and_the_capacity_schedule():
+    from vaekit.objectives import kl_weight
+
+    cfg = TrainConfig(beta=4.0, kl_warmup_epochs=2.0)
+    assert [kl_weight(cfg, e) for e in (0.0, 1.0, 2.0, 7.0)] == [0.0, 2.0, 4.0, 4.0]
+    assert kl_weight(TrainConfig(beta=4.0), 0.0) == 4.0
+    model = make("vae", latent_dim=3)
+    x = synthetic_splits(SHAPE).train.x[:8]
+    cfg = TrainConfig(loss="capacity", capacity=10.0, capacity_epochs=4.0, gamma=100.0)
+    for epoch, c in ((0.0, 0.0), (2.0, 5.0), (9.0, 10.0)):
+        torch.manual_seed(0)
+        t = LOSSES["capacity"](model, x, cfg, epoch)
+        torch.testing.assert_close(t["loss"], t["recon"] + 100.0 * (t["kl"] - c).abs())
+    torch.manual_seed(0)
+    warm = LOSSES["elbo"](model, x, TrainConfig(beta=4.0, kl_warmup_epochs=2.0), 1.0)
+    torch.testing.assert_close(warm["loss"], warm["recon"] + 2.0 * warm["kl"])

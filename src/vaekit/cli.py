@@ -23,6 +23,8 @@ _FIELDS = {
     "loss": ("train", "loss"), "beta": ("train", "beta"), "mc_samples": ("train", "mc_samples"), "kl": ("train", "kl"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "seed": ("train", "seed"), "device": ("train", "device"), "precision": ("train", "precision"),
+    "kl_warmup_epochs": ("train", "kl_warmup_epochs"), "capacity": ("train", "capacity"),
+    "capacity_epochs": ("train", "capacity_epochs"), "gamma": ("train", "gamma"),
     "lr_schedule": ("train", "lr_schedule"), "adam_eps": ("train", "adam_eps"), "max_minutes": ("train", "max_minutes"),
 }
 
@@ -67,8 +69,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--data-dir", help="dataset cache (default $VAEKIT_DATA, else ~/.cache/vaekit)")
     d.add_argument("--limit", type=int, help="train on the first N training images only")
     t = p.add_argument_group("training")
-    t.add_argument("--loss", help="elbo (default for vae), iwae or ae")
+    t.add_argument("--loss", help="elbo (default for vae; beta-VAE with --beta), iwae, capacity or ae")
     t.add_argument("--beta", type=float, help="KL weight (default 1)")
+    t.add_argument("--kl-warmup-epochs", type=float, help="raise the KL weight linearly from 0 to beta over N epochs")
+    t.add_argument("--capacity", type=float, help="loss capacity: target KL C_max in nats (default 25)")
+    t.add_argument("--capacity-epochs", type=float, help="loss capacity: epochs for C to rise from 0 to C_max (default 10)")
+    t.add_argument("--gamma", type=float, help="loss capacity: weight of |KL - C| (default 1000)")
     t.add_argument("-L", "--mc-samples", "--k", type=int, dest="mc_samples",
                    help="samples of z per image: L for elbo, k for iwae (default 1)")
     t.add_argument("--kl", choices=KL_MODES, help="analytic (default) or mc")

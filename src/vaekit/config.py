@@ -88,6 +88,10 @@ class DataConfig:
 class TrainConfig:
     loss: str = "elbo"               # a key of vaekit.objectives.LOSSES
     beta: float = 1.0                # weight of the KL term (1 = the ELBO)
+    kl_warmup_epochs: float = 0.0    # KL weight rises linearly from 0 to beta over this many epochs
+    capacity: float = 25.0           # loss 'capacity': C_max in nats, reached after capacity_epochs
+    capacity_epochs: float = 10.0
+    gamma: float = 1000.0            # loss 'capacity': weight of |KL - C|
     mc_samples: int = 1              # samples of z per example: L for elbo, k for iwae
     kl: str = "analytic"             # closed form, or Monte Carlo log q(z|x) - log p(z)
     epochs: int = 10
@@ -103,6 +107,8 @@ class TrainConfig:
     def __post_init__(self):
         _check_positive("beta", self.beta, allow_zero=True)
         _check_positive("mc_samples", self.mc_samples)
+        for name in ("kl_warmup_epochs", "capacity", "capacity_epochs", "gamma"):
+            _check_positive(name, getattr(self, name), allow_zero=True)
         _check_choice("kl", self.kl, KL_MODES)
         _check_positive("epochs", self.epochs, allow_zero=True)
         _check_positive("batch_size", self.batch_size)

@@ -1,11 +1,14 @@
 """Training objectives. Each returns per-example terms {'loss', 'recon', 'kl'} in nats;
 the caller reduces them once.
 
-loss(model, x, cfg) with x (B, C, H, W) and cfg a TrainConfig.
+loss(model, x, cfg, epoch) with x (B, C, H, W), cfg a TrainConfig and epoch the training
+progress in epochs (fractional; math.inf, the default, means the end of every schedule: what
+evaluation uses).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -14,8 +17,9 @@ from .distributions import DiagonalGaussian
 from .errors import ConfigError
 
 
-def elbo(model, x: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
-    """Negative ELBO: -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)).
+def elbo(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.Tensor]:
+    """Negative ELBO: -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)); beta != 1 is the beta-VAE
+    (Higgins et al. 2017), and cfg.kl_warmup_epochs ramps the KL weight up from 0 (Bowman et al. 2016).
 
     E_q is estimated with L = cfg.mc_samples reparameterised samples (Kingma & Welling
     2014, eq. 7); the KL is closed form (cfg.kl == 'analytic') or the Monte Carlo
@@ -25,10 +29,25 @@ def elbo(model, x: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
     log_px_z, log_pz, log_qz = log_weights(model, q, x, cfg.mc_samples)
     recon = -log_px_z.mean(0)
     kl = q.kl() if cfg.kl == "analytic" else (log_qz - log_pz).mean(0)
-    return {"loss": recon + cfg.beta * kl, "recon": recon, "kl": kl}
+    return {"loss": recon + kl_weight(cfg, epoch) * kl, "recon": recon, "kl": kl}
 
 
-def iwae(model, x: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
+def kl_weight(cfg, epoch: float) -> float:
+    """beta, scaled by min(1, epoch / kl_warmup_epochs) during the warm-up."""
+    if cfg.kl_warmup_epochs <= 0:
+        return cfg.beta
+    return cfg.beta * min(1.0, epoch / cfg.kl_warmup_epochs)
+
+
+def capacity(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.Tensor]:
+    """Controlled-capacity beta-VAE (Burgess et al. 2018, eq. 8): -E_q[log p(x|z)] + gamma * |KL - C|,
+    C rising linearly from 0 to cfg.capacity nats over cfg.capacity_epochs."""
+    terms = elbo(model, x, dataclasses.replace(cfg, beta=0.0, kl_warmup_epochs=0.0), epoch)
+    c = cfg.capacity * min(1.0, epoch / cfg.capacity_epochs) if cfg.capacity_epochs > 0 else cfg.capacity
+    return {**terms, "loss": terms["recon"] + cfg.gamma * (terms["kl"] - c).abs()}
+
+
+def iwae(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.Tensor]:
     """Negative importance-weighted bound (Burda et al. 2016, eq. 8) with k = cfg.mc_samples:
 
         -log (1/k) sum_i p(x, z_i) / q(z_i|x),  z_i ~ q(z|x).
@@ -57,7 +76,7 @@ def log_weights(model, q: DiagonalGaussian, x: torch.Tensor, k: int):
     return model.decode(z).log_prob(x), model.prior(x.device).log_prob(z), q.log_prob(z)
 
 
-def ae_loss(model, x: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
+def ae_loss(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.Tensor]:
     """Auto-encoder: -log p(x | z = mode of the code) (BCE or squared error), no KL."""
     recon = -model.decode(model.encode(x).mode).log_prob(x)
     return {"loss": recon, "recon": recon, "kl": torch.zeros_like(recon)}
@@ -66,6 +85,7 @@ def ae_loss(model, x: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
 LOSSES = {
     "elbo": elbo,
     "iwae": iwae,
+    "capacity": capacity,
     "ae": ae_loss,
 }
 

@@ -82,9 +82,9 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
         bar = tqdm(total=len(train), unit="img", unit_scale=True, leave=False, disable=not progress,
                    desc=f"epoch {epoch + 1}/{tcfg.epochs}")
-        for xb, _ in batches(train, tcfg.batch_size, generator, shuffle=True):
+        for i, (xb, _) in enumerate(batches(train, tcfg.batch_size, generator, shuffle=True)):
             with autocast(device, tcfg.precision):
-                terms = loss_fn(model, xb, tcfg)
+                terms = loss_fn(model, xb, tcfg, epoch + i * tcfg.batch_size / len(train))  # progress in epochs
             loss = terms["loss"].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
