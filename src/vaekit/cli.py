@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DEVICES, KL_MODES, LR_SCHEDULES, PIXEL_MODES, PRECISIONS, ModelConfig, RunConfig
+from .config import DEVICES, KL_MODES, LR_SCHEDULES, PIXEL_MODES, PRECISIONS, SCHEDULES, ModelConfig, RunConfig
 from .errors import VaekitError
 
 # CLI flag -> (config section, field). Every flag defaults to None: only what is given overrides.
@@ -25,6 +25,7 @@ _FIELDS = {
     "seed": ("train", "seed"), "device": ("train", "device"), "precision": ("train", "precision"),
     "kl_warmup_epochs": ("train", "kl_warmup_epochs"), "capacity": ("train", "capacity"),
     "capacity_epochs": ("train", "capacity_epochs"), "gamma": ("train", "gamma"),
+    "schedule": ("train", "schedule"), "e_steps": ("train", "e_steps"), "m_steps": ("train", "m_steps"),
     "lr_schedule": ("train", "lr_schedule"), "adam_eps": ("train", "adam_eps"), "max_minutes": ("train", "max_minutes"),
 }
 
@@ -81,6 +82,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--epochs", type=int, help="total epochs (default 10)")
     t.add_argument("--batch-size", type=int, help="default 128")
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--schedule", choices=SCHEDULES, help="joint (default) or alternating (variational EM: E-steps "
+                   "on the encoder, M-steps on the decoder)")
+    t.add_argument("--e-steps", type=int, help="alternating: encoder steps per round (default 1)")
+    t.add_argument("--m-steps", type=int, help="alternating: decoder steps per round (default 1)")
     t.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant (default) or iwae (3^i epochs at lr*10^(-i/7))")
     t.add_argument("--adam-eps", type=float, help="Adam epsilon (default 1e-8)")
     t.add_argument("--max-minutes", type=float, help="stop after the epoch in which this much training time has passed")

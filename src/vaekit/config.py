@@ -16,7 +16,8 @@ from .errors import ConfigError
 
 PIXEL_MODES = ("grey", "dynamic", "static")  # grey in [0,1]; Bernoulli draw per epoch; one fixed draw
 KL_MODES = ("analytic", "mc")
-LR_SCHEDULES = ("constant", "iwae")  # iwae: 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
+LR_SCHEDULES = ("constant", "iwae")
+SCHEDULES = ("joint", "alternating")  # alternating: variational EM, E-steps on phi (encoder), M-steps on theta  # iwae: 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -98,6 +99,9 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     lr_schedule: str = "constant"
+    schedule: str = "joint"          # joint: encoder and decoder every step; alternating: e_steps, then m_steps
+    e_steps: int = 1                 # alternating: optimiser steps on the encoder (E-step) per round
+    m_steps: int = 1                 # alternating: optimiser steps on the decoder (M-step) per round
     adam_eps: float = 1e-8
     max_minutes: float | None = None  # stop after the epoch in which this much training time has passed
     seed: int = 0
@@ -114,6 +118,9 @@ class TrainConfig:
         _check_positive("batch_size", self.batch_size)
         _check_positive("lr", self.lr)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_positive("e_steps", self.e_steps)
+        _check_positive("m_steps", self.m_steps)
         _check_positive("adam_eps", self.adam_eps)
         if self.max_minutes is not None:
             _check_positive("max_minutes", self.max_minutes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
     model = build_model(config.model).to(device)
     check_support(model, data)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, eps=tcfg.adam_eps, fused=True)  # one kernel for all parameters
+    steps_per_epoch = math.ceil(len(train) / tcfg.batch_size)
     generator = torch.Generator(device=device).manual_seed(tcfg.seed)  # shuffling + dynamic binarisation
     start, trained_seconds = 0, 0.0
     if resume:
@@ -88,6 +90,8 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
             loss = terms["loss"].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if tcfg.schedule == "alternating":
+                hold_fixed(model, tcfg, epoch * steps_per_epoch + i)
             optimizer.step()
             for k in sums:
                 sums[k] += terms[k].detach().sum().item()
@@ -125,6 +129,17 @@ def check_support(model, data: DataSplits) -> None:
         what = " (a table, standardised)" if data.mean is not None else ""
         raise ConfigError(f"the {model.config.likelihood} likelihood models data in [{support[0]:g}, {support[1]:g}] but "
                           f"{data.name}{what} spans [{lo:.3g}, {hi:.3g}]; pass --likelihood gaussian-learned (or gaussian)")
+
+
+def hold_fixed(model, tcfg, step: int) -> None:
+    """Variational EM (notes 004): in each round of e_steps + m_steps optimiser steps, the first
+    e_steps update only the encoder phi (E-step: q(z|x) towards p(z|x)), the rest only the
+    decoder theta (M-step). Parameters with no gradient are skipped by Adam, moments and all."""
+    e_step = step % (tcfg.e_steps + tcfg.m_steps) < tcfg.e_steps
+    encoder = {id(p) for p in model.encoder.parameters()}
+    for p in model.parameters():
+        if (id(p) in encoder) != e_step:
+            p.grad = None
 
 
 def learning_rate(tcfg, epoch: int) -> float:
