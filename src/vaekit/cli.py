@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model into a run directory")
     tr.add_argument("--run-dir", help="where the run is written (default runs/<model>-<data>-<time>)")
     tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN (only --epochs/--max-minutes/--device may change)")
-    tr.add_argument("--preset", help="start from a named configuration: pytorch-examples, iwae-paper (flags override it)")
+    tr.add_argument("--preset", help="start from a named configuration: pytorch-examples, digits, iwae-paper (flags override it)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("--no-report", action="store_true", help="do not write RUN/report.html at the end")
     _add_train_flags(tr)

@@ -10,20 +10,17 @@ from pathlib import Path
 
 import torch
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import RunConfig
 from .data import load_data
 from .errors import DataError
 from .evaluate import evaluate
 from .images import image_grid, save_png
+from .presets import get_preset
 from .report import write_report
 from .train import fit
 
-# The pytorch/examples VAE on MNIST; a smaller one for the 1,500 8x8 digits.
-PRESETS = {
-    "mnist": RunConfig(ModelConfig(latent_dim=20, hidden_dims=(400,)), DataConfig("mnist"), TrainConfig(epochs=10)),
-    "digits": RunConfig(ModelConfig(latent_dim=8, hidden_dims=(256,)), DataConfig("digits", val_size=200),
-                        TrainConfig(epochs=100, batch_size=64)),
-}
+# Which preset (vaekit.presets) the demo trains for each data source.
+DEMO_PRESETS = {"mnist": "pytorch-examples", "digits": "digits"}
 
 
 def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, source: str | None = None,
@@ -32,7 +29,7 @@ def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, sourc
     Falls back to digits if MNIST is unavailable."""
     run_dir = Path(run_dir)
     source = source or "mnist"
-    config = PRESETS[source]
+    config = get_preset(DEMO_PRESETS[source])
     data_cfg = dataclasses.replace(config.data, data_dir=data_dir)
     try:
         data = load_data(data_cfg, download_timeout=10)
@@ -40,7 +37,7 @@ def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, sourc
         if source != "mnist":
             raise
         log(f"MNIST is not available ({e}); running the demo on the bundled 8x8 digits instead (--data digits)")
-        source, config = "digits", PRESETS["digits"]
+        source, config = "digits", get_preset(DEMO_PRESETS["digits"])
         data_cfg = config.data
         data = load_data(data_cfg)
     train_cfg = dataclasses.replace(config.train, device=device,

@@ -12,6 +12,12 @@ PRESETS = {
         DataConfig("mnist", pixels="grey"),
         TrainConfig(epochs=10, batch_size=128, lr=1e-3),
     ),
+    # The demo's fallback without MNIST: a smaller VAE for scikit-learn's 1,500 8x8 digits.
+    "digits": RunConfig(
+        ModelConfig(latent_dim=8, hidden_dims=(256,)),
+        DataConfig("digits", val_size=200),
+        TrainConfig(epochs=100, batch_size=64),
+    ),
     # Burda, Grosse & Salakhutdinov (2016), one stochastic layer: 784-200-200-50 tanh, dynamic
     # binarisation, the full 60,000 training images, Adam (eps 1e-4), batch 20, 3^i epochs at
     # 1e-3 * 10^(-i/7) for i = 0..7 (3,280 epochs; cut with --epochs or --max-minutes).
