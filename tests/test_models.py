@@ -13,6 +13,7 @@ VARIANTS = [(m, lik) for m in MODELS for lik in LIKELIHOODS]
 
 
 def make(model="vae", likelihood="bernoulli", latent_dim=2, arch="mlp", **kw):
+    kw.setdefault("num_classes", 3)  # the conditional VAE's labels (synthetic_splits has 3 classes); others ignore it
     return build_model(ModelConfig(model=model, input_shape=SHAPE, latent_dim=latent_dim, hidden_dims=(16, 8),
                                    likelihood=likelihood, arch=arch, **kw))
 
@@ -22,9 +23,10 @@ def make(model="vae", likelihood="bernoulli", latent_dim=2, arch="mlp", **kw):
 @pytest.mark.parametrize("latent_dim", [1, 2, 5])
 def test_forward_loss_step_generate(model_name, likelihood, arch, latent_dim):
     model = make(model_name, likelihood, latent_dim, arch)
-    x = synthetic_splits(SHAPE).train.x[:8]
+    train = synthetic_splits(SHAPE).train
+    x, bound = train.x[:8], model.given(train.y[:8])
     cfg = TrainConfig(loss=MODELS[model_name].default_loss, mc_samples=2)
-    terms = LOSSES[cfg.loss](model, x, cfg)
+    terms = LOSSES[cfg.loss](bound, x, cfg)
     assert set(terms) == {"loss", "recon", "kl"} and all(v.shape == (8,) for v in terms.values())
     assert all(torch.isfinite(v).all() for v in terms.values())
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -33,9 +35,9 @@ def test_forward_loss_step_generate(model_name, likelihood, arch, latent_dim):
     opt.step()
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.generate(5).shape == (5, *SHAPE)
-    recon = model.reconstruct(x)
+    recon = bound.reconstruct(x)
     assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
-    assert model.encode(x).mode.shape == (8, latent_dim)
+    assert bound.encode(x).mode.shape == (8, latent_dim)
 
 
 def test_elbo_terms_follow_their_definitions():

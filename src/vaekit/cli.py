@@ -50,7 +50,7 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
-    m.add_argument("--model", help="vae (default) or ae")
+    m.add_argument("--model", help="vae (default), cvae (conditioned on the labels), ae; see `vaekit list`")
     m.add_argument("--latent-dim", type=int, help="size of z (default 20)")
     m.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths, or conv channel widths (default 400)")
     m.add_argument("--activation", help="relu (default), tanh, elu, gelu, silu, leaky_relu")
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--nrow", type=int, help="images per row (default: square)")
     sa.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG (default 2)")
     sa.add_argument("--device", default="auto", choices=DEVICES)
+    sa.add_argument("--label", type=int, help="conditional models (cvae): draw this class (default: every class in turn)")
 
     de = sub.add_parser("demo", help="the whole story: train a VAE on MNIST (else bundled digits), evaluate, sample")
     de.add_argument("--run-dir", default="runs/demo", help="default runs/demo")
@@ -184,7 +185,7 @@ def _eval(args) -> int:
 def _sample(args) -> int:
     from .sampling import sample_run
 
-    out = sample_run(args.run, args.n, args.out, args.temperature, args.seed, args.nrow, args.scale, args.device)
+    out = sample_run(args.run, args.n, args.out, args.temperature, args.seed, args.nrow, args.scale, args.device, args.label)
     print(f"wrote {out}")
     return 0
 
@@ -204,7 +205,7 @@ _PLOT_FIELDS = {
     "n": "n_samples", "temperature": "temperature", "n_recon": "n_reconstructions", "range": "z_range",
     "resolution": "resolution", "steps": "steps", "dims": "dims", "projection": "projection",
     "max_points": "max_points", "max_rows": "max_rows", "n_pairs": "n_pairs", "pair": "pairs",
-    "great_circle": "great_circle", "seed": "seed", "dpi": "dpi",
+    "great_circle": "great_circle", "seed": "seed", "dpi": "dpi", "label": "label",
 }
 
 
@@ -230,6 +231,8 @@ def _add_figure_flags(p: argparse.ArgumentParser, kinds: bool = True) -> None:
     f.add_argument("--pair", type=int, nargs=2, action="append", metavar=("I", "J"),
                    help="interpolate: test images I and J (repeatable)")
     f.add_argument("--great-circle", action="store_true", default=None, help="interpolate: also along the great circle")
+    f.add_argument("--label", type=int, help="conditional models (cvae): decode given this class (default: samples "
+                   "show every class, other figures class 0)")
     f.add_argument("--seed", type=int, help="default 0")
     f.add_argument("--dpi", type=int, help="pixels per inch of the PNGs (default 100)")
 

@@ -44,6 +44,7 @@ class ModelConfig:
     residual: bool = False                       # conv: a residual block (two 3x3 convs + skip) after each stage
     likelihood: str = "bernoulli"                # a key of vaekit.distributions.LIKELIHOODS
     obs_std: float = 0.1                         # std of the fixed-variance Gaussian likelihood
+    num_classes: int = 0                         # cvae: label classes (filled in from the data at train time)
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
@@ -52,6 +53,7 @@ class ModelConfig:
         for d in self.hidden_dims + self.input_shape:
             _check_positive("a layer size", d)
         _check_positive("obs_std", self.obs_std)
+        _check_positive("num_classes", self.num_classes, allow_zero=True)
         from .nets import ARCHITECTURES  # here, not at the top: config.py stays importable without torch
 
         if self.arch not in ARCHITECTURES:

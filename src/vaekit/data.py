@@ -54,6 +54,12 @@ class DataSplits:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
 
+    @property
+    def num_classes(self) -> int:
+        """Label classes 0..K-1 seen in any split (K = largest label + 1); 0 for unlabelled data."""
+        ys = [ds.y for ds in (self.train, self.val, self.test) if ds is not None and ds.y is not None and len(ds.y)]
+        return max(int(y.max()) for y in ys) + 1 if ys else 0
+
     def unstandardise(self, x: torch.Tensor) -> torch.Tensor:
         """Table rows back in the units of the file (x * std + mean); anything else as it is."""
         return x if self.mean is None else x * self.std.to(x.device) + self.mean.to(x.device)

@@ -49,8 +49,11 @@ class DiagonalGaussian:
         With n, returns (n, *mu.shape): n independent samples per example.
         """
         shape = self.mu.shape if n is None else (n, *self.mu.shape)
-        eps = torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype)
-        return self.mu + temperature * self.std * eps
+        return self.reparameterise(temperature * torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype))
+
+    def reparameterise(self, eps: torch.Tensor) -> torch.Tensor:
+        """z = mu + sigma * eps for given standard-normal noise eps (..., *mu.shape)."""
+        return self.mu + self.std * eps
 
     def sample(self, n: int | None = None, temperature: float = 1.0) -> torch.Tensor:
         with torch.no_grad():

@@ -7,6 +7,7 @@ vaekit.objectives, not a new class here.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
@@ -22,6 +23,7 @@ class LatentModel(nn.Module):
 
     encoder_outputs = 1  # numbers per latent dimension the encoder emits
     default_loss = "ae"
+    conditional = False  # True: encoder and decoder take the label y too (bind it with given(y))
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -32,7 +34,18 @@ class LatentModel(nn.Module):
         self.config = config
         self.likelihood = LIKELIHOODS[config.likelihood](config)
         self.encoder, self.decoder = ARCHITECTURES[config.arch](
-            config, self.encoder_outputs * config.latent_dim, self.likelihood.params_per_feature)
+            config, self.encoder_outputs * config.latent_dim, self.likelihood.params_per_feature,
+            z_size=self.z_size, cond_dim=config.num_classes if self.conditional else 0)
+
+    @property
+    def z_size(self) -> int:
+        """Numbers per example that the decoder takes: latent_dim (VQ-VAE: latent_dim codes x code_dim)."""
+        return self.config.latent_dim
+
+    def given(self, y: torch.Tensor | int | None):
+        """The model with labels y bound, for losses and figures that only call encode(x) / decode(z);
+        an unconditional model ignores y."""
+        return self
 
     def prior(self, device=None) -> DiagonalGaussian:
         """p(z) = N(0, I)."""
@@ -58,6 +71,43 @@ class LatentModel(nn.Module):
         return self.decode(self.encode(x).mode).mean.clamp(0, 1)
 
 
+def label_code(y: torch.Tensor | int, num_classes: int, lead: torch.Size, device) -> torch.Tensor:
+    """One-hot codes of labels y ((B,) or one int) broadcast to (*lead, num_classes), e.g. lead (k, B) for k samples."""
+    return F.one_hot(torch.as_tensor(y, device=device).long(), num_classes).float().expand(*lead, num_classes)
+
+
+def check_labels(y, num_classes: int) -> None:
+    if y is None:
+        raise ConfigError("the conditional VAE needs a label: pass one (--label N) or data with labels")
+    y = torch.as_tensor(y)
+    if y.dtype.is_floating_point or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes)):
+        raise ConfigError(f"labels must be integers in 0..{num_classes - 1} (the classes this model was trained on); "
+                          f"got {y.unique()[:5].tolist()}")
+
+
+class Conditioned:
+    """A conditional model with its labels bound: encode(x) and decode(z) as an unconditional
+    model's, so every loss, the likelihood estimate and the figures apply unchanged."""
+
+    def __init__(self, model: "LatentModel", y: torch.Tensor | int):
+        self.model, self.y = model, y
+
+    def __getattr__(self, name):  # config, prior, likelihood, device, parameters ... of the model
+        return getattr(self.model, name)
+
+    def encode(self, x: torch.Tensor):
+        return self.model.encode(x, self.y)
+
+    def decode(self, z: torch.Tensor):
+        return self.model.decode(z, self.y)
+
+    def given(self, y):
+        return self.model.given(y)
+
+    generate = LatentModel.generate
+    reconstruct = LatentModel.reconstruct
+
+
 class AutoEncoder(LatentModel):
     """Deterministic baseline: z = f(x), trained on reconstruction alone."""
 
@@ -76,9 +126,48 @@ class VAE(LatentModel):
         return DiagonalGaussian(mu, logvar)
 
 
+class ConditionalVAE(VAE):
+    """Conditional VAE (Sohn et al. 2015): q(z|x, y), p(x|z, y), p(z) = N(0, I); the one-hot label
+    joins the encoder's features and z. `vaekit sample RUN --label 7` draws that class."""
+
+    conditional = True
+
+    def __init__(self, config: ModelConfig):
+        if config.num_classes < 1:
+            raise ConfigError("the conditional VAE needs labelled data (num_classes >= 1): train it on data with labels "
+                              "(MNIST, an image folder with sub-folders, a CSV with --label-column)")
+        super().__init__(config)
+
+    def code(self, y, lead: torch.Size) -> torch.Tensor:
+        if y is None:
+            raise ConfigError("the conditional VAE needs a label: pass one (--label N) or data with labels")
+        return label_code(y, self.config.num_classes, lead, self.device)
+
+    def encode(self, x: torch.Tensor, y=None) -> DiagonalGaussian:
+        mu, logvar = self.encoder(x, self.code(y, x.shape[:1])).chunk(2, dim=-1)
+        return DiagonalGaussian(mu, logvar)
+
+    def decode(self, z: torch.Tensor, y=None):
+        c = self.code(y, z.shape[:-1])                   # (..., K): z may carry a leading sample dimension
+        return self.likelihood(self.decoder(torch.cat([z, c.to(z.dtype)], dim=-1)))
+
+    def given(self, y) -> Conditioned:
+        check_labels(y, self.config.num_classes)
+        return Conditioned(self, y)
+
+    def generate(self, n: int, temperature: float = 1.0, label=None) -> torch.Tensor:
+        """n draws; with no label, the classes in turn (0, 1, ..., K-1, 0, ...)."""
+        y = torch.arange(n, device=self.device) % self.config.num_classes if label is None else label
+        return self.given(y).generate(n, temperature)
+
+    def reconstruct(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        return self.given(y).reconstruct(x)
+
+
 MODELS = {
     "ae": AutoEncoder,
     "vae": VAE,
+    "cvae": ConditionalVAE,
 }
 
 

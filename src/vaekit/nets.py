@@ -1,9 +1,10 @@
 """Encoder and decoder bodies, sized from config (never literal layer sizes).
 
 An ARCHITECTURES entry builds the pair (encoder, decoder) for a ModelConfig:
-the encoder maps x (B, C, H, W) to (B, code_size) (code_size = encoder outputs x latent_dim),
-the decoder maps z (..., latent_dim) to (..., C*H*W * params_per_feature), which a
-likelihood head (vaekit.likelihoods) unflattens.
+the encoder maps x (B, C, H, W) (and, for a conditional model, a label code c (B, cond_dim))
+to (B, code_size) (code_size = encoder outputs x latent_dim); the decoder maps its input
+(..., z_size + cond_dim) (z and the label code, concatenated by the model) to
+(..., C*H*W * params_per_feature), which a likelihood head (vaekit.likelihoods) unflattens.
 """
 
 from __future__ import annotations
@@ -42,20 +43,26 @@ def mlp(sizes: list[int], act: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def join(h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """Features (B, F) with the label code c (B, K) appended, if any: (B, F + K)."""
+    return h if c is None else torch.cat([h, c.to(h.dtype)], dim=-1)
+
+
 class FlatInput(nn.Sequential):
-    """A Sequential that first flattens each example: (B, C, H, W) -> (B, C*H*W). Same parameter names as nn.Sequential."""
+    """A Sequential that first flattens each example: (B, C, H, W) -> (B, C*H*W) (+ the label code). Same parameter names as nn.Sequential."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.flatten(1))
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(join(x.flatten(1), c))
 
 
-def mlp_bodies(config, code_size: int, params_per_feature: int) -> tuple[nn.Module, nn.Module]:
+def mlp_bodies(config, code_size: int, params_per_feature: int, z_size: int | None = None,
+               cond_dim: int = 0) -> tuple[nn.Module, nn.Module]:
     """Fully connected: hidden_dims are the encoder's layer widths; the decoder mirrors them."""
     if config.residual:
         raise ConfigError("residual blocks are part of arch='conv'; drop --residual or add --arch conv")
     n_x, hidden = math.prod(config.input_shape), list(config.hidden_dims)
-    encoder = FlatInput(*mlp([n_x, *hidden, code_size], config.activation))
-    decoder = mlp([config.latent_dim, *hidden[::-1], n_x * params_per_feature], config.activation)
+    encoder = FlatInput(*mlp([n_x + cond_dim, *hidden, code_size], config.activation))
+    decoder = mlp([(z_size or config.latent_dim) + cond_dim, *hidden[::-1], n_x * params_per_feature], config.activation)
     return encoder, decoder
 
 
@@ -82,9 +89,9 @@ def conv_sizes(hw: tuple[int, int], n_layers: int) -> list[tuple[int, int]]:
 
 
 class ConvEncoder(nn.Module):
-    """x (B, C, H, W) -> stride-2 convs (widths hidden_dims) -> flatten -> Linear -> (B, code_size)."""
+    """x (B, C, H, W) -> stride-2 convs (widths hidden_dims) -> flatten (+ label code) -> Linear -> (B, code_size)."""
 
-    def __init__(self, config, code_size: int):
+    def __init__(self, config, code_size: int, cond_dim: int = 0):
         super().__init__()
         c, h, w = config.input_shape
         widths, act = list(config.hidden_dims), config.activation
@@ -96,23 +103,23 @@ class ConvEncoder(nn.Module):
             if config.residual:
                 layers.append(ResidualBlock(c_out, act))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(widths[-1] * math.prod(sizes[-1]), code_size)
+        self.head = nn.Linear(widths[-1] * math.prod(sizes[-1]) + cond_dim, code_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(join(self.features(x).flatten(1), c))
 
 
 class ConvDecoder(nn.Module):
-    """z (..., D) -> Linear to the smallest feature map -> transposed convs back up (output_padding
+    """z (..., in_size) -> Linear to the smallest feature map -> transposed convs back up (output_padding
     restores odd sides exactly) -> 3x3 conv to C * params_per_feature channels -> (..., C*H*W*params)."""
 
-    def __init__(self, config, params_per_feature: int):
+    def __init__(self, config, params_per_feature: int, in_size: int):
         super().__init__()
         c, h, w = config.input_shape
         widths, act = list(config.hidden_dims), config.activation
         sizes = conv_sizes((h, w), len(widths))
         self.start = (widths[-1], *sizes[-1])  # (C_last, h_n, w_n)
-        self.project = nn.Sequential(nn.Linear(config.latent_dim, math.prod(self.start)), activation(act))
+        self.project = nn.Sequential(nn.Linear(in_size, math.prod(self.start)), activation(act))
         layers: list[nn.Module] = []
         # Walk the encoder backwards: layer i took sizes[i] -> sizes[i+1] and widths[i-1] -> widths[i].
         for i in reversed(range(len(widths))):
@@ -135,16 +142,17 @@ class ConvDecoder(nn.Module):
         return out.reshape(*lead, -1)
 
 
-def conv_bodies(config, code_size: int, params_per_feature: int) -> tuple[nn.Module, nn.Module]:
+def conv_bodies(config, code_size: int, params_per_feature: int, z_size: int | None = None,
+                cond_dim: int = 0) -> tuple[nn.Module, nn.Module]:
     """Convolutional (DCGAN-like) for any C x H x W: hidden_dims are the channel widths of stride-2 convs; residual blocks optional."""
     if len(config.input_shape) != 3:
         raise ConfigError(f"arch='conv' needs images shaped (C, H, W); the data are {tuple(config.input_shape)} (use --arch mlp)")
     if not config.hidden_dims:
         raise ConfigError("arch='conv' needs at least one channel width (--hidden N [N ...])")
-    return ConvEncoder(config, code_size), ConvDecoder(config, params_per_feature)
+    return ConvEncoder(config, code_size, cond_dim), ConvDecoder(config, params_per_feature, (z_size or config.latent_dim) + cond_dim)
 
 
-# Encoder/decoder bodies by name: (config, code_size, params_per_feature) -> (encoder, decoder).
+# Encoder/decoder bodies by name: (config, code_size, params_per_feature, z_size, cond_dim) -> (encoder, decoder).
 ARCHITECTURES = {
     "mlp": mlp_bodies,
     "conv": conv_bodies,

@@ -72,7 +72,11 @@ def posterior(model, x: torch.Tensor) -> DiagonalGaussian:
 
 def log_weights(model, q: DiagonalGaussian, x: torch.Tensor, k: int):
     """For k samples z ~ q: log p(x|z), log p(z), log q(z|x), each (k, B)."""
-    z = q.rsample(k)                                                 # (k, B, D)
+    return log_weights_at(model, q, x, q.rsample(k))                # z (k, B, D)
+
+
+def log_weights_at(model, q: DiagonalGaussian, x: torch.Tensor, z: torch.Tensor):
+    """log p(x|z), log p(z), log q(z|x) at given samples z (k, B, D): each (k, B)."""
     return model.decode(z).log_prob(x), model.prior(x.device).log_prob(z), q.log_prob(z)
 
 

@@ -15,10 +15,12 @@ from .runtime import resolve_device
 
 
 def sample_run(run_dir: str | Path, n: int = 64, out: str | Path | None = None, temperature: float = 1.0,
-               seed: int = 0, nrow: int | None = None, scale: int = 2, device: str = "auto") -> Path:
+               seed: int = 0, nrow: int | None = None, scale: int = 2, device: str = "auto",
+               label: int | None = None) -> Path:
     """`vaekit sample RUN`: decode n draws of z ~ N(0, temperature^2 I). Images: the means of p(x|z)
     as a PNG grid (default samples.png). A table: the means as CSV rows in the units and columns
-    of its file (default samples.csv; the file is read again for its mean and std)."""
+    of its file (default samples.csv; the file is read again for its mean and std). A conditional
+    model draws class `label`, or with none every class in turn (one column per class)."""
     if n < 1:
         raise ConfigError(f"-n {n} is impossible: ask for at least one sample")
     if temperature <= 0:
@@ -33,6 +35,15 @@ def sample_run(run_dir: str | Path, n: int = 64, out: str | Path | None = None, 
                           f"write its samples as CSV: --out {out.with_suffix('.csv')}")
     if not table and out.suffix.lower() == ".csv":
         raise ConfigError(f"{run_dir} models images, written as a PNG grid: --out {out.with_suffix('.png')}")
+    if label is not None and not model.conditional:
+        raise ConfigError(f"--label {label}: {run_dir} is not a conditional model (train one with --model cvae)")
+    if model.conditional:
+        classes = config.model.num_classes
+        if label is not None and not 0 <= label < classes:
+            raise ConfigError(f"--label {label}: {run_dir} knows labels 0..{classes - 1}")
+        y = torch.arange(n, device=model.device) % classes if label is None else label
+        nrow = nrow or (classes if label is None else None)
+        model = model.given(y)
     torch.manual_seed(seed)
     if not table:
         return save_png(image_grid(model.generate(n, temperature), nrow), out, scale)

@@ -46,7 +46,8 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
     elif has_checkpoint(run_dir):
         raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
     data = data or load_data(config.data)
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, input_shape=data.input_shape))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, input_shape=data.input_shape,
+                                                                   num_classes=data_classes(config, data)))
     tcfg = config.train
     loss_fn = get_loss(tcfg.loss)
     train, val = data.train.to(device), data.val.to(device) if data.val is not None else None
@@ -84,9 +85,9 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
         bar = tqdm(total=len(train), unit="img", unit_scale=True, leave=False, disable=not progress,
                    desc=f"epoch {epoch + 1}/{tcfg.epochs}")
-        for i, (xb, _) in enumerate(batches(train, tcfg.batch_size, generator, shuffle=True)):
+        for i, (xb, yb) in enumerate(batches(train, tcfg.batch_size, generator, shuffle=True)):
             with autocast(device, tcfg.precision):
-                terms = loss_fn(model, xb, tcfg, epoch + i * tcfg.batch_size / len(train))  # progress in epochs
+                terms = loss_fn(model.given(yb), xb, tcfg, epoch + i * tcfg.batch_size / len(train))  # progress in epochs
             loss = terms["loss"].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -116,6 +117,19 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
             hook(record, model)
     model.eval()
     return FitResult(model, config, history, run_dir)
+
+
+def data_classes(config: RunConfig, data: DataSplits) -> int:
+    """num_classes for the model config: the data's label classes for a conditional model, else 0."""
+    from .models import MODELS
+
+    cls = MODELS.get(config.model.model)
+    if cls is None or not cls.conditional:
+        return 0
+    if data.train.y is None:
+        raise ConfigError(f"model {config.model.model!r} is conditioned on labels, but {data.name} has none; use labelled "
+                          "data (MNIST, an image folder with one sub-folder per class, a CSV with --label-column)")
+    return data.num_classes
 
 
 def check_support(model, data: DataSplits) -> None:
@@ -162,7 +176,8 @@ def _resume_config(run_dir: Path, requested: RunConfig | None) -> RunConfig:
     if requested is None:
         return saved
     keep = {k: getattr(requested.train, k) for k in RESUMABLE}
-    same = dataclasses.replace(requested, model=dataclasses.replace(requested.model, input_shape=saved.model.input_shape))
+    same = dataclasses.replace(requested, model=dataclasses.replace(requested.model, input_shape=saved.model.input_shape,
+                                                                    num_classes=saved.model.num_classes))
     if dataclasses.replace(same.train, **{k: getattr(saved.train, k) for k in keep}) != saved.train \
             or same.model != saved.model or same.data != saved.data:
         raise CheckpointError(f"the options differ from those {run_dir} was trained with; resume with the same "

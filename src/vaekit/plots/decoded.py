@@ -28,9 +28,9 @@ def tile_centres(n: int, size: int, pad: int = PAD) -> list[float]:
 
 
 @torch.no_grad()
-def decode(run: Run, z: torch.Tensor) -> torch.Tensor:
-    """z (N, D) -> the mean of p(x|z), (N, C, H, W) in [0, 1]."""
-    return run.model.decode(z.to(run.model.device)).mean.clamp(0, 1).float().cpu()
+def decode(run: Run, z: torch.Tensor, label: int | None = None) -> torch.Tensor:
+    """z (N, D) -> the mean of p(x|z) (a conditional model: p(x|z, y = label)), (N, C, H, W) in [0, 1]."""
+    return run.given(label).decode(z.to(run.model.device)).mean.clamp(0, 1).float().cpu()
 
 
 def images_only(draw):
@@ -51,13 +51,18 @@ def _z(v: float) -> str:
 
 @images_only
 def draw_samples(run: Run, fig, opt: PlotOptions) -> str:
+    per_class = run.conditional and opt.label is None  # a conditional model: one column per class
     with run.seeded(opt.seed):
-        x = run.model.generate(opt.n_samples, opt.temperature)
+        x = run.model.generate(opt.n_samples, opt.temperature) if per_class \
+            else run.given(opt.label).generate(opt.n_samples, opt.temperature)
     ax = fig.subplots()
-    show(ax, image_grid(x.cpu()))
+    show(ax, image_grid(x.cpu(), nrow=run.config.model.num_classes if per_class else None))
     ax.set_axis_off()
     scale = "" if opt.temperature == 1 else f"{opt.temperature:g}$^2$"
     title = f"{opt.n_samples} samples: mean of p(x|z), z ~ N(0, {scale}I)"
+    if run.conditional:
+        title += f"\nconditioned on y: one column per class, 0 to {run.config.model.num_classes - 1}" if per_class \
+            else f"\nconditioned on y = {opt.label}"
     if not run.uses_kl:
         title += "\nan AE has no prior: its codes need not live where N(0, I) puts z"
     return title
@@ -74,7 +79,7 @@ def reconstruction_rows(opt: PlotOptions) -> int:
 def draw_reconstructions(run: Run, fig, opt: PlotOptions) -> str:
     n = min(opt.n_reconstructions, len(run.test))
     x = run.test.x[:n]
-    x_hat = run.model.reconstruct(x)
+    x_hat = run.model.given(None if run.test.y is None else run.test.y[:n]).reconstruct(x)
     ncol = min(n, RECON_COLUMNS)
     rows = []
     for start in range(0, n, ncol):  # each chunk of ncol images: a row of x above a row of x_hat
@@ -104,13 +109,13 @@ def draw_manifold(run: Run, fig, opt: PlotOptions) -> str:
     z = torch.zeros(n * n, run.latent_dim)
     z[:, d0] = v.repeat(n)                   # left to right within a row
     z[:, d1] = v.flip(0).repeat_interleave(n)  # top row is the highest z_d1
-    grid = image_grid(decode(run, z), nrow=n, pad=0)
+    grid = image_grid(decode(run, z, opt.label), nrow=n, pad=0)
     step = (hi - lo) / (n - 1)
     ax = fig.subplots()
     show(ax, grid, extent=(lo - step / 2, hi + step / 2, lo - step / 2, hi + step / 2))
     ax.set_xlabel(f"$z_{{{d0}}}$")
     ax.set_ylabel(f"$z_{{{d1}}}$")
-    title = f"mean of p(x|z) decoded on a {n} x {n} grid over [{lo:g}, {hi:g}]$^2$"
+    title = f"mean of p(x|z) decoded on a {n} x {n} grid over [{lo:g}, {hi:g}]$^2${run.label_note(opt.label)}"
     if run.latent_dim > 2:
         title += f"\n$z_{{{d0}}}$, $z_{{{d1}}}$: {how}; the other {run.latent_dim - 2} dimensions held at 0"
     return title
@@ -130,7 +135,7 @@ def draw_traversal(run: Run, fig, opt: PlotOptions) -> str:
     z = torch.zeros(len(order) * steps, run.latent_dim)
     for r, d in enumerate(order):
         z[r * steps:(r + 1) * steps, d] = v
-    x = decode(run, z)
+    x = decode(run, z, opt.label)
     h, w = x.shape[-2:]
     ax = fig.subplots()
     show(ax, image_grid(x, nrow=steps))
@@ -141,13 +146,13 @@ def draw_traversal(run: Run, fig, opt: PlotOptions) -> str:
     ax.tick_params(length=0)
     if run.latent_dim == 1:
         ax.set_xlabel("z")
-        return f"1-D latent: z from {lo:g} to {hi:g} decoded (mean of p(x|z))"
+        return f"1-D latent: z from {lo:g} to {hi:g} decoded (mean of p(x|z)){run.label_note(opt.label)}"
     ax.set_xlabel("value of the row's $z_d$ (all other dimensions 0)")
     shown = f"the {len(order)} most used of {run.latent_dim} dimensions" if len(order) < run.latent_dim \
         else "one row per latent dimension"
     by = "average KL per dimension over the test set" if run.uses_kl \
         else "variance of the codes over the test set (an AE has no KL)"
-    return f"traversal: {shown}, rows ordered by {by}"
+    return f"traversal: {shown}, rows ordered by {by}{run.label_note(opt.label)}"
 
 
 def interpolation_rows(run: Run, opt: PlotOptions) -> int:
@@ -199,11 +204,11 @@ def draw_interpolate(run: Run, fig, opt: PlotOptions) -> str:
     for i, j in pairs:
         x = test.x[[i, j]]
         with torch.no_grad():
-            za, zb = run.model.encode(x).mode.float().cpu()
+            za, zb = run.model.given(None if test.y is None else test.y[[i, j]]).encode(x).mode.float().cpu()
         name = f"{int(test.y[i])} → {int(test.y[j])}" if test.y is not None else f"#{i} → #{j}"
         paths = [("line", torch.lerp(za, zb, t[:, None]))] + ([("great circle", slerp(za, zb, t))] if circle else [])
         for how, z in paths:
-            tiles += [x[:1].cpu(), decode(run, z), x[1:].cpu()]
+            tiles += [x[:1].cpu(), decode(run, z, opt.label), x[1:].cpu()]
             labels.append(f"{name}  {how}")
     ax = fig.subplots()
     h, w = test.x.shape[-2:]
@@ -216,4 +221,4 @@ def draw_interpolate(run: Run, fig, opt: PlotOptions) -> str:
     ax.tick_params(length=0)
     how = "straight line and great circle" if circle else "straight line"
     note = "\n(great circle: undefined for a 1-D latent)" if opt.great_circle and not circle else ""
-    return f"interpolation between test images along the {how} in z{note}"
+    return f"interpolation between test images along the {how} in z{run.label_note(opt.label)}{note}"

@@ -43,6 +43,7 @@ class PlotOptions:
     n_pairs: int = 5                             # interpolate: pairs of test images (--n-pairs)
     pairs: tuple[tuple[int, int], ...] | None = None  # interpolate: explicit test indices (--pair I J)
     great_circle: bool = False                   # interpolate: also along the great circle (--great-circle)
+    label: int | None = None                     # conditional models: the label y to decode with (--label; None: 0, samples: every class)
     seed: int = 0
     dpi: int = 100                               # pixels per inch: a figure is (width x height inches) * dpi pixels
 
@@ -72,6 +73,7 @@ class PlotOptions:
             (self.pairs is None or (len(self.pairs) >= 1 and all(len(p) == 2 and min(p) >= 0 for p in self.pairs)),
              f"--pair {self.pairs}", "give pairs of test-set indices >= 0"),
             (20 <= self.dpi <= 400, f"--dpi {self.dpi}", "use 20 to 400"),
+            (self.label is None or self.label >= 0, f"--label {self.label}", "labels are class indices >= 0"),
         ]
         for ok, given, fix in checks:
             if not ok:
@@ -106,6 +108,24 @@ class Run:
             text += f", test loss {self.test_metrics['loss']:.2f}{what}"
         return text
 
+    @property
+    def conditional(self) -> bool:
+        return self.model.conditional
+
+    def given(self, label: int | None):
+        """The model to decode z with: a conditional one with `label` bound (0 when none is given)."""
+        if not self.conditional:
+            if label is not None:
+                raise ConfigError(f"--label {label}: {self.name} is not a conditional model (train one with --model cvae)")
+            return self.model
+        if label is not None and label >= self.config.model.num_classes:
+            raise ConfigError(f"--label {label}: {self.name} knows labels 0..{self.config.model.num_classes - 1}")
+        return self.model.given(0 if label is None else label)
+
+    def label_note(self, label: int | None) -> str:
+        """', given y = 3' in the title of a conditional model's decoded figure."""
+        return f", given y = {0 if label is None else label}" if self.conditional else ""
+
     @cached_property
     def test(self) -> Dataset:
         cfg = self.config.data if self.data_dir is None else dataclasses.replace(self.config.data, data_dir=self.data_dir)
@@ -137,8 +157,8 @@ class Run:
     def _codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         mus, kls = [], []
         with torch.no_grad():
-            for xb, _ in batches(self.test, 1000):
-                q = self.model.encode(xb)
+            for xb, yb in batches(self.test, 1000):
+                q = self.model.given(yb).encode(xb)
                 mus.append(q.mode.float())
                 if isinstance(q, DiagonalGaussian):  # KL(q(z_d|x) || N(0, 1)) for each dimension d: (B, D)
                     kls.append(DiagonalGaussian(q.mu, q.logvar, event_ndim=0).kl())
@@ -162,7 +182,7 @@ class Run:
         """True when the encoder outputs a distribution q(z|x) (so a KL exists); False for an AE's point codes."""
         with torch.no_grad():
             x = torch.zeros(1, *self.config.model.input_shape, device=self.model.device)
-            return isinstance(self.model.encode(x), DiagonalGaussian)
+            return isinstance(self.model.given(0).encode(x), DiagonalGaussian)
 
     @property
     def usage_name(self) -> str:
