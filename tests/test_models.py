@@ -37,7 +37,7 @@ def test_forward_loss_step_generate(model_name, likelihood, arch, latent_dim):
     assert model.generate(5).shape == (5, *SHAPE)
     recon = bound.reconstruct(x)
     assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
-    assert bound.encode(x).mode.shape == (8, latent_dim)
+    assert bound.encode(x).mode.shape == (8, model.z_size)  # a VQ-VAE: latent_dim codes x code_dim
 
 
 def test_elbo_terms_follow_their_definitions():
@@ -74,6 +74,8 @@ def test_elbo_needs_a_stochastic_encoder():
 
 
 def test_unknown_names_are_config_errors():
+    with pytest.raises(ConfigError, match="needs a codebook"):
+        LOSSES["vq"](make("vae"), torch.rand(2, *SHAPE), TrainConfig())
     for kw in ({"model": "gan"}, {"likelihood": "poisson"}, {"activation": "swishy"}, {"arch": "transformer"}):
         with pytest.raises(ConfigError, match="unknown"):
             make(**kw)
@@ -99,7 +101,7 @@ def test_bf16_autocast_does_not_change_the_reported_loss():
 
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_registered_loss_trains_a_vae(loss):
-    model = make("vae", latent_dim=3)
+    model = make("vqvae" if loss == "vq" else "vae", latent_dim=3)  # vq needs the codebook
     x = synthetic_splits(SHAPE).train.x[:8]
     cfg = TrainConfig(loss=loss, mc_samples=3)
     terms = LOSSES[loss](model, x, cfg, 0.5)

@@ -17,6 +17,8 @@ _FIELDS = {
     "model": ("model", "model"), "latent_dim": ("model", "latent_dim"), "hidden": ("model", "hidden_dims"),
     "activation": ("model", "activation"), "arch": ("model", "arch"), "residual": ("model", "residual"),
     "likelihood": ("model", "likelihood"), "obs_std": ("model", "obs_std"),
+    "codebook_size": ("model", "codebook_size"), "code_dim": ("model", "code_dim"), "codebook_ema": ("model", "codebook_ema"),
+    "commitment": ("train", "commitment"), "prior_epochs": ("train", "prior_epochs"),
     "data": ("data", "source"), "pixels": ("data", "pixels"), "val_size": ("data", "val_size"),
     "data_dir": ("data", "data_dir"), "limit": ("data", "limit"), "path": ("data", "path"),
     "image_size": ("data", "image_size"), "label_column": ("data", "label_column"), "test_fraction": ("data", "test_fraction"),
@@ -50,7 +52,7 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
-    m.add_argument("--model", help="vae (default), cvae (conditioned on the labels), ae; see `vaekit list`")
+    m.add_argument("--model", help="vae (default), cvae (conditioned on the labels), vqvae, ae; see `vaekit list`")
     m.add_argument("--latent-dim", type=int, help="size of z (default 20)")
     m.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths, or conv channel widths (default 400)")
     m.add_argument("--activation", help="relu (default), tanh, elu, gelu, silu, leaky_relu")
@@ -58,6 +60,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--residual", action="store_true", default=None, help="conv: a residual block after each stage")
     m.add_argument("--likelihood", help="bernoulli (default; gaussian-learned for --data csv), gaussian, gaussian-learned")
     m.add_argument("--obs-std", type=float, help="sigma of the fixed Gaussian likelihood (default 0.1)")
+    m.add_argument("--codebook-size", type=int, metavar="K", help="vqvae: codes in the codebook (default 128)")
+    m.add_argument("--code-dim", type=int, metavar="E", help="vqvae: numbers per code; z is --latent-dim codes (default 8)")
+    m.add_argument("--codebook-ema", action="store_true", default=None, help="vqvae: EMA codebook updates (decay 0.99)")
     d = p.add_argument_group("data")
     d.add_argument("--data", help="mnist (default), fashion-mnist, digits (bundled 8x8 digits, no download), "
                    "folder, npy, csv (your files: --path); see `vaekit list`")
@@ -70,12 +75,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--data-dir", help="dataset cache (default $VAEKIT_DATA, else ~/.cache/vaekit)")
     d.add_argument("--limit", type=int, help="train on the first N training images only")
     t = p.add_argument_group("training")
-    t.add_argument("--loss", help="elbo (default for vae; beta-VAE with --beta), iwae, capacity or ae")
+    t.add_argument("--loss", help="elbo (default for vae; beta-VAE with --beta), iwae, capacity, vq (vqvae) or ae")
     t.add_argument("--beta", type=float, help="KL weight (default 1)")
     t.add_argument("--kl-warmup-epochs", type=float, help="raise the KL weight linearly from 0 to beta over N epochs")
     t.add_argument("--capacity", type=float, help="loss capacity: target KL C_max in nats (default 25)")
     t.add_argument("--capacity-epochs", type=float, help="loss capacity: epochs for C to rise from 0 to C_max (default 10)")
     t.add_argument("--gamma", type=float, help="loss capacity: weight of |KL - C| (default 1000)")
+    t.add_argument("--commitment", type=float, help="loss vq: weight of the commitment term (default 0.25)")
+    t.add_argument("--prior-epochs", type=int, help="vqvae: epochs of the code prior fitted after training (default 10)")
     t.add_argument("-L", "--mc-samples", "--k", type=int, dest="mc_samples",
                    help="samples of z per image: L for elbo, k for iwae (default 1)")
     t.add_argument("--kl", choices=KL_MODES, help="analytic (default) or mc")
@@ -116,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--nll-k", type=int, metavar="K", help="also estimate log p(x) with K importance samples (papers: 5000)")
     ev.add_argument("--chunk-size", type=int, help="importance samples per image held in memory at once")
-    ev.add_argument("--precision", choices=PRECISIONS, help="default: as trained")
+    ev.add_argument("--precision", choices=PRECISIONS, help="default: as trained for the loss terms, auto for --nll-k")
 
     sa = sub.add_parser("sample", help="decode z ~ N(0, I) into an image grid")
     sa.add_argument("run")
@@ -179,6 +186,10 @@ def _eval(args) -> int:
         print(f"  -log p(x) {ll['nll']:.2f} +- {ll['nll_se']:.2f} nats/image (k={ll['k']}), {ll['bits_per_dim']:.4f} bits/dim; "
               f"-ELBO {ll['neg_elbo']:.2f} (recon {ll['recon']:.2f}, kl {ll['kl']:.2f}); "
               f"active units {ll['active_units']}/{ll['latent_dim']}; {ll['seconds']:.1f} s")
+    if "codes" in r:
+        c = r["codes"]
+        print(f"  codebook perplexity {c['perplexity']:.1f} of {c['codebook_size']} codes ({c['dead_codes']} dead); "
+              f"-log p(x) <= {c['nll_bound']:.2f} nats/image (recon {c['recon']:.2f} + code prior {c['prior_nll']:.2f})")
     return 0
 
 

@@ -45,6 +45,9 @@ class ModelConfig:
     likelihood: str = "bernoulli"                # a key of vaekit.distributions.LIKELIHOODS
     obs_std: float = 0.1                         # std of the fixed-variance Gaussian likelihood
     num_classes: int = 0                         # cvae: label classes (filled in from the data at train time)
+    codebook_size: int = 128                     # vqvae: K codes; each example is latent_dim codes of code_dim numbers
+    code_dim: int = 8                            # vqvae: E, the length of a code vector
+    codebook_ema: bool = False                   # vqvae: EMA codebook (decay 0.99) instead of the codebook loss
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
@@ -54,6 +57,8 @@ class ModelConfig:
             _check_positive("a layer size", d)
         _check_positive("obs_std", self.obs_std)
         _check_positive("num_classes", self.num_classes, allow_zero=True)
+        _check_positive("codebook_size", self.codebook_size)
+        _check_positive("code_dim", self.code_dim)
         from .nets import ARCHITECTURES  # here, not at the top: config.py stays importable without torch
 
         if self.arch not in ARCHITECTURES:
@@ -95,6 +100,8 @@ class TrainConfig:
     capacity: float = 25.0           # loss 'capacity': C_max in nats, reached after capacity_epochs
     capacity_epochs: float = 10.0
     gamma: float = 1000.0            # loss 'capacity': weight of |KL - C|
+    commitment: float = 0.25         # loss 'vq': weight of the commitment term ||z_e - sg(e)||^2
+    prior_epochs: int = 10           # vqvae: epochs of the autoregressive code prior, fitted after training
     mc_samples: int = 1              # samples of z per example: L for elbo, k for iwae
     kl: str = "analytic"             # closed form, or Monte Carlo log q(z|x) - log p(z)
     epochs: int = 10
@@ -113,7 +120,8 @@ class TrainConfig:
     def __post_init__(self):
         _check_positive("beta", self.beta, allow_zero=True)
         _check_positive("mc_samples", self.mc_samples)
-        for name in ("kl_warmup_epochs", "capacity", "capacity_epochs", "gamma"):
+        _check_positive("prior_epochs", self.prior_epochs, allow_zero=True)
+        for name in ("kl_warmup_epochs", "capacity", "capacity_epochs", "gamma", "commitment"):
             _check_positive(name, getattr(self, name), allow_zero=True)
         _check_choice("kl", self.kl, KL_MODES)
         _check_positive("epochs", self.epochs, allow_zero=True)

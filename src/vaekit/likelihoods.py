@@ -11,7 +11,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .distributions import Bernoulli, DiagonalGaussian
+from .distributions import Bernoulli, DiagonalGaussian, DiscretisedLogistic
 
 MIN_LOGVAR = math.log(1e-2**2)  # floor for learned variances: a pixel that is always 0 would drive sigma -> 0
 
@@ -50,8 +50,31 @@ class GaussianHead(nn.Module):
         return DiagonalGaussian(out.unflatten(-1, self.shape), logvar, event_ndim=len(self.shape))
 
 
+class DiscretisedLogisticHead(nn.Module):
+    """Discretised logistic per pixel for 8-bit images (256 levels in [0, 1]); location and log-scale
+    both come from the decoder, so bits/dim is a true likelihood."""
+
+    params_per_feature = 2
+    support = (0.0, 1.0)
+    levels = 256          # training checks the data sit on the 256 levels k/255
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.shape = tuple(cfg.input_shape)
+
+    def forward(self, out: torch.Tensor) -> DiscretisedLogistic:
+        params = out.unflatten(-1, (2, *self.shape))
+        loc, log_scale = params.select(-1 - len(self.shape), 0), params.select(-1 - len(self.shape), 1)
+        return DiscretisedLogistic(loc + 0.5, log_scale.clamp(min=MIN_LOG_SCALE), event_ndim=len(self.shape),
+                                   levels=self.levels)
+
+
+MIN_LOG_SCALE = -7.0  # as PixelCNN++: sharper than a bin adds nothing
+
+
 LIKELIHOODS = {
     "bernoulli": BernoulliHead,
     "gaussian": GaussianHead,
     "gaussian-learned": partial(GaussianHead, learned=True),
+    "discretised-logistic": DiscretisedLogisticHead,
 }

@@ -15,6 +15,7 @@ from .distributions import DiagonalGaussian, PointMass
 from .errors import ConfigError
 from .likelihoods import LIKELIHOODS
 from .nets import ARCHITECTURES
+from .vq import CodePrior, Quantised, VectorQuantiser, fit_code_prior
 
 
 class LatentModel(nn.Module):
@@ -24,6 +25,7 @@ class LatentModel(nn.Module):
     encoder_outputs = 1  # numbers per latent dimension the encoder emits
     default_loss = "ae"
     conditional = False  # True: encoder and decoder take the label y too (bind it with given(y))
+    stochastic = False   # True: encode(x) is a density q(z|x) (the ELBO, IWAE and log p(x) estimates apply)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -34,8 +36,17 @@ class LatentModel(nn.Module):
         self.config = config
         self.likelihood = LIKELIHOODS[config.likelihood](config)
         self.encoder, self.decoder = ARCHITECTURES[config.arch](
-            config, self.encoder_outputs * config.latent_dim, self.likelihood.params_per_feature,
+            config, self.encoder_size, self.likelihood.params_per_feature,
             z_size=self.z_size, cond_dim=config.num_classes if self.conditional else 0)
+
+    @property
+    def encoder_size(self) -> int:
+        """Numbers per example that the encoder emits."""
+        return self.encoder_outputs * self.config.latent_dim
+
+    def encoder_parameters(self):
+        """phi, the parameters of q(z|x): what an E-step of the alternating schedule updates."""
+        return self.encoder.parameters()
 
     @property
     def z_size(self) -> int:
@@ -119,6 +130,7 @@ class VAE(LatentModel):
     """q(z|x) = N(mu(x), diag(exp(logvar(x)))), p(z) = N(0, I) (Kingma & Welling 2014)."""
 
     encoder_outputs = 2
+    stochastic = True
     default_loss = "elbo"
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
@@ -164,10 +176,63 @@ class ConditionalVAE(VAE):
         return self.given(y).reconstruct(x)
 
 
+class VQVAE(LatentModel):
+    """VQ-VAE (van den Oord et al. 2017): the encoder emits latent_dim vectors z_e of code_dim
+    numbers, each replaced by its nearest of codebook_size codes; the decoder sees the codes. After
+    training an autoregressive prior over the latent_dim code indices is fitted (TrainConfig.prior_epochs),
+    and generation decodes codes drawn from it."""
+
+    default_loss = "vq"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.quantiser = VectorQuantiser(config.codebook_size, config.code_dim, ema=config.codebook_ema)
+        self.code_prior = CodePrior(config.codebook_size, config.latent_dim)
+
+    @property
+    def encoder_size(self) -> int:
+        return self.config.latent_dim * self.config.code_dim
+
+    z_size = encoder_size
+
+    def encoder_parameters(self):
+        return [*self.encoder.parameters(), *self.quantiser.parameters()]
+
+    def encode(self, x: torch.Tensor) -> Quantised:
+        return self.quantiser(self.encoder(x).unflatten(-1, (self.config.latent_dim, self.config.code_dim)))
+
+    def prior(self, device=None) -> "CodeSampler":
+        """The fitted prior over codes: .sample(n, temperature) -> decoder inputs (n, latent_dim * code_dim)."""
+        return CodeSampler(self)
+
+    @torch.no_grad()
+    def fit_prior(self, train, epochs: int, log=print) -> list[float]:
+        """Fit the code prior to the training set's code indices (maximum likelihood)."""
+        from .data import batches
+
+        was_training = self.training
+        self.eval()
+        indices = torch.cat([self.encode(xb).indices for xb, _ in batches(train, 1000)])
+        self.train(was_training)
+        with torch.enable_grad():
+            return fit_code_prior(self.code_prior, indices, epochs, log=log)
+
+
+class CodeSampler:
+    """p(z) of a VQ-VAE, as generation uses it: code indices from the prior, looked up in the codebook."""
+
+    def __init__(self, model: VQVAE):
+        self.model = model
+
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        return self.model.quantiser.lookup(self.model.code_prior.sample(n, temperature)).flatten(-2)
+
+
 MODELS = {
     "ae": AutoEncoder,
     "vae": VAE,
     "cvae": ConditionalVAE,
+    "vqvae": VQVAE,
 }
 
 

@@ -115,6 +115,11 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
         log(_summary(record, tcfg.epochs))
         for hook in hooks:
             hook(record, model)
+    if hasattr(model, "fit_prior") and tcfg.prior_epochs and start < tcfg.epochs:
+        # the VQ-VAE's autoregressive prior over code indices: fitted once the codes are final
+        model.fit_prior(train, tcfg.prior_epochs, log=log)
+        state = load_trainer_state(run_dir, optimizer)
+        save_checkpoint(run_dir, model, optimizer, state)
     model.eval()
     return FitResult(model, config, history, run_dir)
 
@@ -143,6 +148,14 @@ def check_support(model, data: DataSplits) -> None:
         what = " (a table, standardised)" if data.mean is not None else ""
         raise ConfigError(f"the {model.config.likelihood} likelihood models data in [{support[0]:g}, {support[1]:g}] but "
                           f"{data.name}{what} spans [{lo:.3g}, {hi:.3g}]; pass --likelihood gaussian-learned (or gaussian)")
+    levels = getattr(model.likelihood, "levels", None)
+    if levels is not None:
+        steps = levels - 1
+        off = max(((x * steps) - (x * steps).round()).abs().max().item() for x in splits)
+        if off > 1e-3:
+            raise ConfigError(f"the {model.config.likelihood} likelihood models {levels}-level (8-bit) images, k/{steps}, "
+                              f"but {data.name} has values between the levels (resized images?); use --likelihood "
+                              f"bernoulli or gaussian-learned")
 
 
 def hold_fixed(model, tcfg, step: int) -> None:
@@ -150,7 +163,7 @@ def hold_fixed(model, tcfg, step: int) -> None:
     e_steps update only the encoder phi (E-step: q(z|x) towards p(z|x)), the rest only the
     decoder theta (M-step). Parameters with no gradient are skipped by Adam, moments and all."""
     e_step = step % (tcfg.e_steps + tcfg.m_steps) < tcfg.e_steps
-    encoder = {id(p) for p in model.encoder.parameters()}
+    encoder = {id(p) for p in model.encoder_parameters()}
     for p in model.parameters():
         if (id(p) in encoder) != e_step:
             p.grad = None

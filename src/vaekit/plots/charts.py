@@ -34,6 +34,7 @@ def draw_scatter(run: Run, fig, opt: PlotOptions) -> str:
     import matplotlib
     from matplotlib.patches import Circle
 
+    run.need_continuous_z("scatter")
     y = run.test.y
     if y is None:
         raise NotApplicable(f"the test set of {run.name} has no labels to colour the points by")

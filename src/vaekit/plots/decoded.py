@@ -60,10 +60,13 @@ def draw_samples(run: Run, fig, opt: PlotOptions) -> str:
     ax.set_axis_off()
     scale = "" if opt.temperature == 1 else f"{opt.temperature:g}$^2$"
     title = f"{opt.n_samples} samples: mean of p(x|z), z ~ N(0, {scale}I)"
+    if run.discrete:
+        temp = "" if opt.temperature == 1 else f" (temperature {opt.temperature:g})"
+        title = f"{opt.n_samples} samples: mean of p(x|z), z = codes drawn from the fitted autoregressive prior{temp}"
     if run.conditional:
         title += f"\nconditioned on y: one column per class, 0 to {run.config.model.num_classes - 1}" if per_class \
             else f"\nconditioned on y = {opt.label}"
-    if not run.uses_kl:
+    elif not run.uses_kl and not run.discrete:
         title += "\nan AE has no prior: its codes need not live where N(0, I) puts z"
     return title
 
@@ -99,6 +102,7 @@ def draw_reconstructions(run: Run, fig, opt: PlotOptions) -> str:
 
 @images_only
 def draw_manifold(run: Run, fig, opt: PlotOptions) -> str:
+    run.need_continuous_z("manifold")
     if run.latent_dim < 2:
         raise NotApplicable(f"a 2-D manifold needs latent_dim >= 2 and {run.name} has {run.latent_dim}; "
                             "the traversal figure shows a 1-D latent as a strip")
@@ -127,6 +131,7 @@ def traversal_rows(run: Run, opt: PlotOptions) -> int:
 
 @images_only
 def draw_traversal(run: Run, fig, opt: PlotOptions) -> str:
+    run.need_continuous_z("traversal")
     order = run.by_usage()[:opt.max_rows]
     usage = run.usage.cpu()
     steps = opt.steps or (21 if run.latent_dim == 1 else 11)
@@ -190,6 +195,7 @@ def slerp(za: torch.Tensor, zb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 @images_only
 def draw_interpolate(run: Run, fig, opt: PlotOptions) -> str:
+    run.need_continuous_z("interpolate")
     test = run.test
     pairs = list(opt.pairs) if opt.pairs else default_pairs(test.y, opt.n_pairs, len(test))
     if not pairs:

@@ -104,7 +104,7 @@ class Run:
         """'vae2: vae, latent_dim=2' (+ the test loss): the line that names a run in a figure."""
         text = f"{self.name}: {self.kind}, latent_dim={self.latent_dim}"
         if test_loss:
-            what = "" if self.uses_kl else " (recon only)"
+            what = "" if self.uses_kl or self.discrete else " (recon only)"
             text += f", test loss {self.test_metrics['loss']:.2f}{what}"
         return text
 
@@ -121,6 +121,17 @@ class Run:
         if label is not None and label >= self.config.model.num_classes:
             raise ConfigError(f"--label {label}: {self.name} knows labels 0..{self.config.model.num_classes - 1}")
         return self.model.given(0 if label is None else label)
+
+    @property
+    def discrete(self) -> bool:
+        """z is a tuple of codebook entries (the VQ-VAE), not a point of R^latent_dim."""
+        return hasattr(self.model, "code_prior")
+
+    def need_continuous_z(self, figure: str) -> None:
+        """Refuse a figure that moves through z for a model with discrete codes (the VQ-VAE)."""
+        if self.discrete:
+            raise NotApplicable(f"{self.name} is a VQ-VAE: its z is {self.latent_dim} discrete codes, with no continuous "
+                                f"space for the {figure} figure to move through; see samples and reconstructions")
 
     def label_note(self, label: int | None) -> str:
         """', given y = 3' in the title of a conditional model's decoded figure."""
