@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--iwae-epochs", type=int, help="default: as many as the VAE trained (equal epochs)")
     p.add_argument("--eval-k", type=int, default=5000)
     p.add_argument("--eval-n", type=int, default=10000, help="test images to evaluate (default all 10,000)")
-    p.add_argument("--eval-precision", default="bf16", help="autocast for the k=5,000 evaluation (default bf16)")
+    p.add_argument("--eval-precision", default="auto", help="autocast for the k=5,000 evaluation (default auto: bf16 where faster)")
     p.add_argument("--device", default="auto")
     p.add_argument("--name", default="likelihood")
     p.add_argument("--only", choices=("vae", "iwae"), help="train/evaluate one model only")

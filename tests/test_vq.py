@@ -43,7 +43,7 @@ def test_the_straight_through_gradient_reaches_the_encoder_and_the_codebook_term
 
 
 def test_the_ema_codebook_moves_to_the_mean_of_its_vectors():
-    vq = VectorQuantiser(size=2, dim=2, ema=True, decay=0.0, eps=1e-9)
+    vq = VectorQuantiser(size=2, dim=2, ema=True, decay=0.0, eps=1e-9, restarts=False)
     with torch.no_grad():
         vq.codebook.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
     z_e = torch.tensor([[[-2.0, 1.0]], [[-1.0, 3.0]], [[3.0, 0.0]]])    # two near code 0, one near code 1
@@ -52,6 +52,19 @@ def test_the_ema_codebook_moves_to_the_mean_of_its_vectors():
     torch.testing.assert_close(vq.codebook, torch.tensor([[-1.5, 2.0], [3.0, 0.0]]))
     vq.eval()(z_e)                                                        # evaluation leaves the codebook alone
     torch.testing.assert_close(vq.codebook, torch.tensor([[-1.5, 2.0], [3.0, 0.0]]))
+
+
+def test_the_codebook_starts_at_the_data_and_dead_codes_restart():
+    vq = VectorQuantiser(size=8, dim=2)
+    z_e = torch.randn(64, 1, 2) * 3 + 10                                  # far from the initial codebook near 0
+    q = vq.train()(z_e.requires_grad_())                                 # a training step (grad enabled)
+    assert vq.started and (vq.codebook - 10).abs().max() < 15          # every code moved onto the data
+    assert codebook_usage(q.indices, 8)["codes_used"] > 1
+    with torch.no_grad():
+        vq.codebook[3] = 1e3                                              # a code nothing is near: it dies
+    for _ in range(60):                                                  # its share decays by 0.9 a step
+        vq(z_e)
+    assert (vq.codebook[3] - 10).abs().max() < 15                       # restarted at one of the data
 
 
 def test_codebook_usage():

@@ -32,11 +32,21 @@ class Quantised:
 
 class VectorQuantiser(nn.Module):
     """Codebook (K, E). With `ema`, the codebook follows the running mean of the encoder outputs
-    assigned to each code (decay 0.99, Laplace-smoothed counts) instead of a gradient step."""
+    assigned to each code (decay 0.99, Laplace-smoothed counts) instead of a gradient step.
 
-    def __init__(self, size: int, dim: int, ema: bool = False, decay: float = 0.99, eps: float = 1e-5):
+    Against codebook collapse (most codes never chosen), training starts the codebook at encoder
+    outputs of the first batch, and a code whose running share of the assignments falls below
+    1/(100 K) is restarted at a random encoder output of the current batch (as in Jukebox,
+    Dhariwal et al. 2020). The share is a running mean over about 10 steps (usage_decay 0.9): slower
+    tracking let the encoder drift away from a codebook that then served 16 of 128 codes on MNIST.
+    `restarts=False` turns both off."""
+
+    usage_decay = 0.9
+
+    def __init__(self, size: int, dim: int, ema: bool = False, decay: float = 0.99, eps: float = 1e-5,
+                 restarts: bool = True):
         super().__init__()
-        self.size, self.dim, self.ema, self.decay, self.eps = size, dim, ema, decay, eps
+        self.size, self.dim, self.ema, self.decay, self.eps, self.restarts = size, dim, ema, decay, eps, restarts
         codebook = torch.empty(size, dim).uniform_(-1 / size, 1 / size)
         if ema:
             self.register_buffer("codebook", codebook)
@@ -44,6 +54,8 @@ class VectorQuantiser(nn.Module):
             self.register_buffer("embed_sum", codebook.clone())
         else:
             self.codebook = nn.Parameter(codebook)
+        self.register_buffer("usage", torch.full((size,), 1.0 / size))   # running share of assignments per code
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
 
     def nearest(self, z_e: torch.Tensor) -> torch.Tensor:
         """Indices of the closest codes, (..., E) -> (...)."""
@@ -58,13 +70,39 @@ class VectorQuantiser(nn.Module):
 
     def forward(self, z_e: torch.Tensor) -> Quantised:
         z_e = z_e.float()
+        learning = self.training and torch.is_grad_enabled()
+        if learning and self.restarts:
+            self._restart(z_e.detach().reshape(-1, self.dim))
         indices = self.nearest(z_e)
-        if self.ema and self.training and torch.is_grad_enabled():
+        if learning:
+            self._track_usage(indices)
+        if self.ema and learning:
             self._ema_update(z_e.detach(), indices)
         e = self.lookup(indices)
         commitment = (z_e - e.detach()).pow(2).sum((-2, -1))
         codebook = torch.zeros_like(commitment) if self.ema else (z_e.detach() - e).pow(2).sum((-2, -1))
         return Quantised(z_e, e, indices, codebook, commitment)
+
+    @torch.no_grad()
+    def _restart(self, flat: torch.Tensor) -> None:
+        """Codes at first, then dead codes, start again at random encoder outputs of this batch."""
+        dead = torch.ones(self.size, dtype=torch.bool, device=flat.device) if not self.started \
+            else self.usage < 0.01 / self.size
+        n = int(dead.sum())
+        if n == 0:
+            return
+        picks = flat[torch.randint(len(flat), (n,), device=flat.device)]
+        self.codebook[dead] = picks.to(self.codebook.dtype)
+        self.usage[dead] = 1.0 / self.size
+        if self.ema:
+            self.cluster_size[dead] = self.cluster_size.mean() if self.started else 1.0
+            self.embed_sum[dead] = picks * self.cluster_size[dead].unsqueeze(1)
+        self.started.fill_(True)
+
+    @torch.no_grad()
+    def _track_usage(self, indices: torch.Tensor) -> None:
+        share = torch.bincount(indices.reshape(-1), minlength=self.size).float() / indices.numel()
+        self.usage.mul_(self.usage_decay).add_(share, alpha=1 - self.usage_decay)
 
     @torch.no_grad()
     def _ema_update(self, z_e: torch.Tensor, indices: torch.Tensor) -> None:
@@ -122,7 +160,7 @@ class CodePrior(nn.Module):
         return torch.cat(drawn, dim=1)
 
 
-def fit_code_prior(prior: CodePrior, indices: torch.Tensor, epochs: int, batch_size: int = 256, lr: float = 3e-3,
+def fit_code_prior(prior: CodePrior, indices: torch.Tensor, epochs: int, batch_size: int = 1024, lr: float = 3e-3,
                    log=print) -> list[float]:
     """Maximum likelihood for the prior on training indices (N, M); returns the mean NLL (nats) per epoch."""
     opt = torch.optim.Adam(prior.parameters(), lr=lr)
