@@ -1,6 +1,7 @@
-"""Every registered model x architecture end to end through the public API and the command line,
-on scikit-learn's bundled 8x8 digits (labelled, no network): train, save / load round trip,
-evaluate with an importance-sampled NLL, sample, and every figure that applies."""
+"""Every registered model x architecture x likelihood end to end through the public API (on
+synthetic labelled 8-bit images saved as .npz), and the variants from the command line (on
+scikit-learn's bundled 8x8 digits): train, save / load round trip, evaluate with an
+importance-sampled NLL, sample, and every figure that applies."""
 
 import dataclasses
 import json
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vaekit import MODELS, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data, plots
+from vaekit import LIKELIHOODS, MODELS, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data, plots
 from vaekit.checkpoint import load_model
 from vaekit.cli import main
 from vaekit.errors import ConfigError
@@ -28,20 +29,32 @@ def digits():
     return load_data(DATA)
 
 
-def train(root, model: str, arch: str, data, **train_kw):
-    config = RunConfig(ModelConfig(model=model, latent_dim=2, hidden_dims=(8, 16) if arch == "conv" else (16,), arch=arch), DATA,
-                       TrainConfig(loss=MODELS[model].default_loss, epochs=1, batch_size=128, precision="fp32", **train_kw))
+def train(root, model: str, arch: str, data, data_cfg=DATA, likelihood="bernoulli", **train_kw):
+    config = RunConfig(ModelConfig(model=model, latent_dim=2, hidden_dims=(8, 16) if arch == "conv" else (16,), arch=arch,
+                                   likelihood=likelihood), data_cfg,
+                       TrainConfig(**{"loss": MODELS[model].default_loss, "epochs": 1, "batch_size": 128,
+                                      "precision": "fp32", "prior_epochs": 1, **train_kw}))
     return fit(config, root / f"{model}-{arch}", data=data, progress=False, log=lambda s: None)
 
 
+@pytest.fixture(scope="module")
+def eight_bit(tmp_path_factory):
+    """Labelled synthetic 8-bit images (1 x 8 x 8, 3 classes) as an .npz, and their splits."""
+    path = _eight_bit_images(tmp_path_factory.mktemp("npz") / "imgs.npz", n=150, side=8)
+    cfg = DataConfig("npy", path=str(path), val_size=20)
+    return cfg, load_data(cfg)
+
+
+@pytest.mark.parametrize("likelihood", list(LIKELIHOODS))
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("model_name", list(MODELS))
-def test_train_reload_evaluate_sample_and_plot(tmp_path, digits, model_name, arch):
-    result = train(tmp_path, model_name, arch, digits)
+def test_train_reload_evaluate_sample_and_plot(tmp_path, eight_bit, model_name, arch, likelihood):
+    data_cfg, data = eight_bit
+    result = train(tmp_path, model_name, arch, data, data_cfg, likelihood)
     run_dir = result.run_dir
     model, config, epoch = load_model(run_dir)
     assert epoch == 1 and config.model.model == model_name
-    x, y = digits.test.x[:5], digits.test.y[:5]
+    x, y = data.test.x[:5], data.test.y[:5]
     for a, b in zip(result.model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
     torch.manual_seed(3)
@@ -51,7 +64,7 @@ def test_train_reload_evaluate_sample_and_plot(tmp_path, digits, model_name, arc
 
     stochastic = MODELS[model_name].stochastic
     report = evaluate_run(run_dir, nll_k=3 if stochastic else None)
-    assert report["n"] == len(digits.test) and torch.isfinite(torch.tensor(report["loss"]))
+    assert report["n"] == len(data.test) and torch.isfinite(torch.tensor(report["loss"]))
     if stochastic:   # log p(x) is estimated, and bounds the ELBO
         assert report["likelihood"]["nll"] <= report["likelihood"]["neg_elbo"] + 1.0
     else:
@@ -149,15 +162,18 @@ def test_an_ema_codebook_trains(tmp_path, digits):
     assert "quantiser.codebook" not in dict(ema.named_parameters()) and not torch.equal(ema.quantiser.codebook, before)
 
 
-def _eight_bit_images(path, n=60):
-    """Synthetic 8-bit greyscale images (values k/255) saved as a uint8 .npy."""
+def _eight_bit_images(path, n=60, side=6):
+    """Synthetic 8-bit greyscale images (values k/255) of 3 classes: uint8 x (and labels y in an .npz)."""
     import numpy as np
 
     g = np.random.default_rng(0)
-    base = g.integers(0, 256, size=(3, 6, 6))
+    base = g.integers(0, 256, size=(3, side, side))
     labels = g.integers(0, 3, size=n)
-    x = np.clip(base[labels] + g.integers(-20, 21, size=(n, 6, 6)), 0, 255).astype(np.uint8)
-    np.save(path, x)
+    x = np.clip(base[labels] + g.integers(-20, 21, size=(n, side, side)), 0, 255).astype(np.uint8)
+    if str(path).endswith(".npz"):
+        np.savez(path, x=x, y=labels)
+    else:
+        np.save(path, x)
     return path
 
 
