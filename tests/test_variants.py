@@ -113,11 +113,17 @@ def test_the_label_flag_is_refused_for_an_unconditional_model(tmp_path, digits, 
     assert not (tmp_path / "s.png").exists()
 
 
-def test_a_conditional_vae_needs_labelled_data(tmp_path):
-    with pytest.raises(ConfigError, match="labels"):
-        ModelConfig(model="cvae", num_classes=0)
-        from vaekit import build_model
+def test_a_conditional_vae_needs_labelled_data(tmp_path, capsys):
+    from vaekit import build_model
+
+    with pytest.raises(ConfigError, match="needs labelled data"):
         build_model(ModelConfig(model="cvae", input_shape=(1, 4, 4), num_classes=0))
+    path = _eight_bit_images(tmp_path / "unlabelled.npy")                # an .npy: images, no labels
+    assert main(["train", "--data", "npy", "--path", str(path), "--model", "cvae", "--val-size", "0",
+                 "--run-dir", str(tmp_path / "r"), "--no-report", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "conditioned on labels" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "checkpoint").exists()
 
 
 def test_cvae_from_the_command_line(tmp_path, capsys):
