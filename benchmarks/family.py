@@ -3,8 +3,9 @@ same 784-200-200-50 tanh bodies (the IWAE paper's), batch 100, Adam 1e-3:
 
     VAE, beta-VAE (beta = 4), IWAE (k = 5), conditional VAE: test -log p(x) with k importance samples
         (default 5,000) on the test images (default all 10,000), with training time;
-    VQ-VAE (relu bodies, 16 codes of 8 numbers, codebook of 128, GRU code prior): reconstruction error, codebook
-        perplexity and dead codes, and the bound -log p(x) <= recon - log p(codes).
+    VQ-VAE (relu bodies, 16 codes of 8 numbers, codebook of 128, GRU code prior), and a conv VQ-VAE
+        (a 7 x 7 grid of codes): reconstruction error, codebook perplexity and dead codes, and the bound
+        -log p(x) <= recon - log p(codes).
 
 Also writes docs/cvae-samples.png: conditional samples, one column per digit.
 
@@ -43,6 +44,9 @@ VARIANTS = {
     "conditional VAE": ({"model": "cvae"}, {}),
     # relu: with tanh the unbounded encoder outputs saturate it and the codes stop depending on x
     "VQ-VAE": ({"model": "vqvae", "latent_dim": 16, "code_dim": 8, "codebook_size": 128, "activation": "relu"}, {"loss": "vq"}),
+    # the paper's layout: stride-2 convs (32, 64 channels), one code per position of the 7 x 7 map
+    "conv VQ-VAE": ({"model": "vqvae", "arch": "conv", "hidden_dims": (32, 64), "code_dim": 8, "codebook_size": 128,
+                     "activation": "relu"}, {"loss": "vq"}),
 }
 
 

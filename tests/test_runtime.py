@@ -46,3 +46,4 @@ def test_an_absent_gpu_is_a_config_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         runtime.resolve_device("cuda")
+

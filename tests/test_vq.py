@@ -109,3 +109,17 @@ def test_vq_loss_and_generation(ema):
     torch.testing.assert_close(terms["kl"], torch.full((6,), 3 * math.log(5)))
     assert model.generate(4).shape == (4, 1, 4, 4)
     assert ema == ("quantiser.codebook" in dict(model.named_buffers()))   # EMA: a buffer, not a parameter
+
+
+def test_a_convolutional_vq_vae_has_one_code_per_position_of_its_last_feature_map():
+    model = build_model(ModelConfig(model="vqvae", arch="conv", input_shape=(1, 28, 28), hidden_dims=(8, 16),
+                                    codebook_size=32, code_dim=4)).eval()
+    assert model.code_positions == 49                                     # 28 -> 14 -> 7: a 7 x 7 grid
+    x = torch.rand(3, 1, 28, 28)
+    q = model.encode(x)
+    assert q.z_e.shape == (3, 49, 4) and q.indices.shape == (3, 49) and model.code_prior.positions == 49
+    feature_map = model.encoder.head(model.encoder.features(x))            # (3, 4, 7, 7): the grid itself
+    torch.testing.assert_close(q.z_e[:, 7 * 2 + 5], feature_map[:, :, 2, 5])   # position (2, 5) in raster order
+    assert model.decode(q.mode).mean.shape == (3, 1, 28, 28) and model.generate(2).shape == (2, 1, 28, 28)
+    terms = LOSSES["vq"](model, x, TrainConfig())
+    torch.testing.assert_close(terms["kl"], torch.full((3,), 49 * math.log(32)))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 LOG_2PI = math.log(2 * math.pi)
+MAX_LOGIT = 30.0
 
 
 def sum_event(t: torch.Tensor, event_ndim: int) -> torch.Tensor:
@@ -100,7 +101,10 @@ class Bernoulli:
             return torch.bernoulli(self.mean)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.logits.float()
+        # |logit| <= 30 changes log p by < 1e-13 per feature, and keeps sigmoid(l) - x, the gradient, far
+        # from float32's subnormals (e^-87): a decoder sure of MNIST's black border had its backward pass
+        # run on subnormals, 2.5x slower, after ~800 steps
+        logits = self.logits.float().clamp(-MAX_LOGIT, MAX_LOGIT)
         x = x.float().expand_as(logits)  # x (B, ...) against logits (L, B, ...)
         return -sum_event(F.binary_cross_entropy_with_logits(logits, x, reduction="none"), self.event_ndim)
 

@@ -14,7 +14,7 @@ from .config import ModelConfig
 from .distributions import DiagonalGaussian, PointMass
 from .errors import ConfigError
 from .likelihoods import LIKELIHOODS
-from .nets import ARCHITECTURES
+from .nets import ARCHITECTURES, grid_size
 from .vq import CodePrior, Quantised, VectorQuantiser, fit_code_prior
 
 
@@ -37,7 +37,9 @@ class LatentModel(nn.Module):
         self.likelihood = LIKELIHOODS[config.likelihood](config)
         self.encoder, self.decoder = ARCHITECTURES[config.arch](
             config, self.encoder_size, self.likelihood.params_per_feature,
-            z_size=self.z_size, cond_dim=config.num_classes if self.conditional else 0)
+            z_size=self.z_size, cond_dim=config.num_classes if self.conditional else 0, grid_dim=self.grid_dim)
+
+    grid_dim = 0  # > 0: a conv encoder/decoder with grid_dim numbers per position of the last feature map (VQ-VAE)
 
     @property
     def encoder_size(self) -> int:
@@ -177,21 +179,35 @@ class ConditionalVAE(VAE):
 
 
 class VQVAE(LatentModel):
-    """VQ-VAE (van den Oord et al. 2017): the encoder emits latent_dim vectors z_e of code_dim
-    numbers, each replaced by its nearest of codebook_size codes; the decoder sees the codes. After
-    training an autoregressive prior over the latent_dim code indices is fitted (TrainConfig.prior_epochs),
-    and generation decodes codes drawn from it."""
+    """VQ-VAE (van den Oord et al. 2017): the encoder emits vectors z_e of code_dim numbers, each
+    replaced by its nearest of codebook_size codes; the decoder sees the codes. arch conv: one code per
+    position of the last feature map (a 7 x 7 grid for 28 x 28 images and two stride-2 convs); mlp:
+    latent_dim codes. After training an autoregressive prior over the code indices (raster order) is
+    fitted (TrainConfig.prior_epochs), and generation decodes codes drawn from it."""
 
     default_loss = "vq"
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.quantiser = VectorQuantiser(config.codebook_size, config.code_dim, ema=config.codebook_ema)
-        self.code_prior = CodePrior(config.codebook_size, config.latent_dim)
+        self.code_prior = CodePrior(config.codebook_size, self.code_positions)
+
+    @property
+    def grid_dim(self) -> int:
+        return self.config.code_dim if self.config.arch == "conv" else 0
+
+    @property
+    def code_positions(self) -> int:
+        """Codes per example: one per position of the conv encoder's last feature map (raster order),
+        or latent_dim for the MLP."""
+        if self.grid_dim:
+            h, w = grid_size(self.config)
+            return h * w
+        return self.config.latent_dim
 
     @property
     def encoder_size(self) -> int:
-        return self.config.latent_dim * self.config.code_dim
+        return self.code_positions * self.config.code_dim
 
     z_size = encoder_size
 
@@ -199,7 +215,7 @@ class VQVAE(LatentModel):
         return [*self.encoder.parameters(), *self.quantiser.parameters()]
 
     def encode(self, x: torch.Tensor) -> Quantised:
-        return self.quantiser(self.encoder(x).unflatten(-1, (self.config.latent_dim, self.config.code_dim)))
+        return self.quantiser(self.encoder(x).unflatten(-1, (self.code_positions, self.config.code_dim)))
 
     def prior(self, device=None) -> "CodeSampler":
         """The fitted prior over codes: .sample(n, temperature) -> decoder inputs (n, latent_dim * code_dim)."""

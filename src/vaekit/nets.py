@@ -56,8 +56,9 @@ class FlatInput(nn.Sequential):
 
 
 def mlp_bodies(config, code_size: int, params_per_feature: int, z_size: int | None = None,
-               cond_dim: int = 0) -> tuple[nn.Module, nn.Module]:
+               cond_dim: int = 0, grid_dim: int = 0) -> tuple[nn.Module, nn.Module]:
     """Fully connected: hidden_dims are the encoder's layer widths; the decoder mirrors them."""
+    # grid_dim (a VQ-VAE's code grid) has no meaning here: the codes are latent_dim slices of the output
     if config.residual:
         raise ConfigError("residual blocks are part of arch='conv'; drop --residual or add --arch conv")
     n_x, hidden = math.prod(config.input_shape), list(config.hidden_dims)
@@ -88,10 +89,17 @@ def conv_sizes(hw: tuple[int, int], n_layers: int) -> list[tuple[int, int]]:
     return sizes
 
 
-class ConvEncoder(nn.Module):
-    """x (B, C, H, W) -> stride-2 convs (widths hidden_dims) -> flatten (+ label code) -> Linear -> (B, code_size)."""
+def grid_size(config) -> tuple[int, int]:
+    """(h, w) of the conv encoder's last feature map for this config's images and widths."""
+    return conv_sizes(tuple(config.input_shape[1:]), len(config.hidden_dims))[-1]
 
-    def __init__(self, config, code_size: int, cond_dim: int = 0):
+
+class ConvEncoder(nn.Module):
+    """x (B, C, H, W) -> stride-2 convs (widths hidden_dims) -> flatten (+ label code) -> Linear -> (B, code_size).
+    With grid_dim (a VQ-VAE), a 1x1 conv instead gives grid_dim numbers at each position of the last
+    feature map (h, w): (B, h*w*grid_dim), position-major (raster order), one code per position."""
+
+    def __init__(self, config, code_size: int, cond_dim: int = 0, grid_dim: int = 0):
         super().__init__()
         c, h, w = config.input_shape
         widths, act = list(config.hidden_dims), config.activation
@@ -103,23 +111,33 @@ class ConvEncoder(nn.Module):
             if config.residual:
                 layers.append(ResidualBlock(c_out, act))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(widths[-1] * math.prod(sizes[-1]) + cond_dim, code_size)
+        self.grid = grid_dim > 0
+        if self.grid:
+            self.head = nn.Conv2d(widths[-1], grid_dim, 1)
+        else:
+            self.head = nn.Linear(widths[-1] * math.prod(sizes[-1]) + cond_dim, code_size)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.grid:
+            return self.head(self.features(x)).permute(0, 2, 3, 1).flatten(1)   # (B, h, w, E) -> (B, h*w*E)
         return self.head(join(self.features(x).flatten(1), c))
 
 
 class ConvDecoder(nn.Module):
     """z (..., in_size) -> Linear to the smallest feature map -> transposed convs back up (output_padding
-    restores odd sides exactly) -> 3x3 conv to C * params_per_feature channels -> (..., C*H*W*params)."""
+    restores odd sides exactly) -> 3x3 conv to C * params_per_feature channels -> (..., C*H*W*params).
+    With grid_dim (a VQ-VAE), z is a code of grid_dim numbers per position of the smallest map, taken
+    in by a 1x1 conv instead of the Linear."""
 
-    def __init__(self, config, params_per_feature: int, in_size: int):
+    def __init__(self, config, params_per_feature: int, in_size: int, grid_dim: int = 0):
         super().__init__()
         c, h, w = config.input_shape
         widths, act = list(config.hidden_dims), config.activation
         sizes = conv_sizes((h, w), len(widths))
         self.start = (widths[-1], *sizes[-1])  # (C_last, h_n, w_n)
-        self.project = nn.Sequential(nn.Linear(in_size, math.prod(self.start)), activation(act))
+        self.grid = (*sizes[-1], grid_dim) if grid_dim else None
+        first = nn.Conv2d(grid_dim, widths[-1], 1) if grid_dim else nn.Linear(in_size, math.prod(self.start))
+        self.project = nn.Sequential(first, activation(act))
         layers: list[nn.Module] = []
         # Walk the encoder backwards: layer i took sizes[i] -> sizes[i+1] and widths[i-1] -> widths[i].
         for i in reversed(range(len(widths))):
@@ -138,21 +156,26 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]  # e.g. (k, B) with Monte Carlo samples: convs need one batch dim
-        out = self.features(self.project(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start))
-        return out.reshape(*lead, -1)
+        z = z.reshape(-1, z.shape[-1])
+        if self.grid:
+            start = self.project(z.unflatten(-1, self.grid).permute(0, 3, 1, 2))   # (N, E, h, w) -> (N, C_last, h, w)
+        else:
+            start = self.project(z).unflatten(-1, self.start)
+        return self.features(start).reshape(*lead, -1)
 
 
 def conv_bodies(config, code_size: int, params_per_feature: int, z_size: int | None = None,
-                cond_dim: int = 0) -> tuple[nn.Module, nn.Module]:
+                cond_dim: int = 0, grid_dim: int = 0) -> tuple[nn.Module, nn.Module]:
     """Convolutional (DCGAN-like) for any C x H x W: hidden_dims are the channel widths of stride-2 convs; residual blocks optional."""
     if len(config.input_shape) != 3:
         raise ConfigError(f"arch='conv' needs images shaped (C, H, W); the data are {tuple(config.input_shape)} (use --arch mlp)")
     if not config.hidden_dims:
         raise ConfigError("arch='conv' needs at least one channel width (--hidden N [N ...])")
-    return ConvEncoder(config, code_size, cond_dim), ConvDecoder(config, params_per_feature, (z_size or config.latent_dim) + cond_dim)
+    return (ConvEncoder(config, code_size, cond_dim, grid_dim),
+            ConvDecoder(config, params_per_feature, (z_size or config.latent_dim) + cond_dim, grid_dim))
 
 
-# Encoder/decoder bodies by name: (config, code_size, params_per_feature, z_size, cond_dim) -> (encoder, decoder).
+# Encoder/decoder bodies by name: (config, code_size, params_per_feature, z_size, cond_dim, grid_dim) -> (encoder, decoder).
 ARCHITECTURES = {
     "mlp": mlp_bodies,
     "conv": conv_bodies,

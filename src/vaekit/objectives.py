@@ -90,12 +90,12 @@ def ae_loss(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, t
 def vq(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.Tensor]:
     """VQ-VAE (van den Oord et al. 2017, eq. 3): -log p(x|z_q) + ||sg(z_e) - e||^2 + commitment *
     ||z_e - sg(e)||^2, summed over the codes (with an EMA codebook the middle term is 0). 'kl' is
-    KL(q || uniform prior over codes) = latent_dim * log K, a constant since q is one-hot."""
+    KL(q || uniform prior over codes) = (number of codes) * log K, a constant since q is one-hot."""
     q = model.encode(x)
     if not isinstance(q, Quantised):
         raise ConfigError(f"loss 'vq' needs a codebook; model {model.config.model!r} has none (use --model vqvae)")
     recon = -model.decode(q.mode).log_prob(x)
-    kl = torch.full_like(recon, model.config.latent_dim * math.log(model.config.codebook_size))
+    kl = torch.full_like(recon, q.indices.shape[-1] * math.log(model.config.codebook_size))
     return {"loss": recon + q.codebook_loss + cfg.commitment * q.commitment_loss, "recon": recon, "kl": kl}
 
 

@@ -71,7 +71,9 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
     history = _read_metrics(run_dir, upto=start)
     _write_metrics(run_dir, history)
     if start < tcfg.epochs:
-        log(f"training {config.model.model} ({tcfg.loss} loss, latent_dim={config.model.latent_dim}) on {data.name}: "
+        z = (f"{model.code_positions} codes of {config.model.code_dim}" if hasattr(model, "code_positions")
+             else f"latent_dim={config.model.latent_dim}")
+        log(f"training {config.model.model} ({tcfg.loss} loss, {z}) on {data.name}: "
             f"{len(train)} images, epochs {start + 1}-{tcfg.epochs}, device {device}, {resolve_precision(tcfg.precision, device)}")
 
     for epoch in range(start, tcfg.epochs):

@@ -130,7 +130,7 @@ class Run:
     def need_continuous_z(self, figure: str) -> None:
         """Refuse a figure that moves through z for a model with discrete codes (the VQ-VAE)."""
         if self.discrete:
-            raise NotApplicable(f"{self.name} is a VQ-VAE: its z is {self.latent_dim} discrete codes, with no continuous "
+            raise NotApplicable(f"{self.name} is a VQ-VAE: its z is {self.model.code_positions} discrete codes, with no continuous "
                                 f"space for the {figure} figure to move through; see samples and reconstructions")
 
     def label_note(self, label: int | None) -> str:
