@@ -144,7 +144,10 @@ def test_vqvae_from_the_command_line(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--model", "vqvae", "--latent-dim", "4", "--code-dim", "3",
                  "--codebook-size", "16", "--hidden", "16", "--epochs", "2", "--prior-epochs", "2", "--val-size", "100",
                  "--run-dir", str(run), "--no-report", "--no-progress"]) == 0
-    assert "code prior epoch 2/2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "code prior epoch 2/2" in out and "codebook perplexity" in out   # each epoch logs the codebook's use
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 1 <= last["val_perplexity"] <= 16 and 0 <= last["val_dead_codes"] < 16
     assert main(["eval", str(run), "--json"]) == 0
     codes = json.loads(capsys.readouterr().out)["codes"]
     assert 1 <= codes["perplexity"] <= 16 and codes["codes_used"] + codes["dead_codes"] == 16

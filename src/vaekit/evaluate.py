@@ -121,14 +121,11 @@ def _compiled_log_w():
 def code_report(model, ds: Dataset, batch_size: int = 1000) -> dict[str, float]:
     """A VQ-VAE on `ds`: codebook usage (perplexity, dead codes) and the bound
     -log p(x) <= -log p(x|z_q) - log p(codes) (the ELBO with a one-hot q), in nats per example."""
+    indices = model.code_indices(ds, batch_size)
     was_training = model.training
     model.eval()
-    indices, recon = [], []
-    for xb, _ in batches(ds, batch_size):
-        q = model.encode(xb)
-        indices.append(q.indices)
-        recon.append(-model.decode(q.mode).log_prob(xb).double())
-    indices, recon = torch.cat(indices), torch.cat(recon)
+    recon = torch.cat([-model.decode(model.quantiser.lookup(i).flatten(-2)).log_prob(xb).double()
+                       for (xb, _), i in zip(batches(ds, batch_size), indices.split(batch_size))])
     prior_nll = torch.cat([-model.code_prior.log_prob(i).double() for i in indices.split(batch_size)])
     model.train(was_training)
     return {**codebook_usage(indices, model.config.codebook_size), "recon": recon.mean().item(),

@@ -222,16 +222,19 @@ class VQVAE(LatentModel):
         return CodeSampler(self)
 
     @torch.no_grad()
-    def fit_prior(self, train, epochs: int, log=print) -> list[float]:
-        """Fit the code prior to the training set's code indices (maximum likelihood)."""
+    def code_indices(self, ds, batch_size: int = 1000) -> torch.Tensor:
+        """The code indices of every example of a Dataset, (N, code_positions), in eval mode."""
         from .data import batches
 
         was_training = self.training
         self.eval()
-        indices = torch.cat([self.encode(xb).indices for xb, _ in batches(train, 1000)])
+        indices = torch.cat([self.encode(xb).indices for xb, _ in batches(ds, batch_size)])
         self.train(was_training)
-        with torch.enable_grad():
-            return fit_code_prior(self.code_prior, indices, epochs, log=log)
+        return indices
+
+    def fit_prior(self, train, epochs: int, log=print) -> list[float]:
+        """Fit the code prior to the training set's code indices (maximum likelihood)."""
+        return fit_code_prior(self.code_prior, self.code_indices(train), epochs, log=log)
 
 
 class CodeSampler:

@@ -22,6 +22,7 @@ from .evaluate import evaluate
 from .models import build_model
 from .objectives import get_loss
 from .runtime import autocast, resolve_device, resolve_precision
+from .vq import codebook_usage
 
 METRICS = "metrics.jsonl"
 RESUMABLE = ("epochs", "max_minutes", "device")  # what a resumed run may change
@@ -107,6 +108,9 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
                   **{f"train_{k}": v / len(train) for k, v in sums.items()}}
         if val is not None:
             record.update({f"val_{k}": v for k, v in evaluate(model, val, tcfg).items()})
+            if hasattr(model, "code_indices"):  # a VQ-VAE: how much of its codebook the validation set uses
+                usage = codebook_usage(model.code_indices(val), config.model.codebook_size)
+                record.update(val_perplexity=usage["perplexity"], val_dead_codes=usage["dead_codes"])
         record.update(seconds=time.perf_counter() - t0, images_per_s=len(train) / train_seconds)
         history.append(record)
         _append_metric(run_dir, record)  # before the checkpoint: a resume drops lines past it
@@ -221,5 +225,7 @@ def _append_metric(run_dir: Path, row: dict) -> None:
 
 def _summary(r: dict, epochs: int) -> str:
     val = f"  val {r['val_loss']:.2f}" if "val_loss" in r else ""
+    if "val_perplexity" in r:
+        val += f" (codebook perplexity {r['val_perplexity']:.1f}, {r['val_dead_codes']} dead)"
     return (f"epoch {r['epoch']}/{epochs}  train {r['train_loss']:.2f} (recon {r['train_recon']:.2f}, "
             f"kl {r['train_kl']:.2f}){val}  {r['seconds']:.1f}s  {r['images_per_s']:.0f} img/s")
