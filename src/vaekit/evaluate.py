@@ -66,14 +66,12 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
     # the chunks' large freed buffers and fragment glibc's heap (fp32 grew by 0.1 GB/s before this).
     n = len(ds)
     log_px, recon, kl = (torch.empty(n, dtype=torch.float64, device=ds.x.device) for _ in range(3))
-    mu = None
+    mu = torch.empty(n, model.config.latent_dim, device=ds.x.device)
     for start_row, (xb, yb) in zip(range(0, n, batch_size), batches(ds, batch_size)):
         rows = slice(start_row, start_row + len(xb))
         bound = model.given(yb)  # a conditional model: log p(x|y)
         with autocast(xb.device, precision):
             q = posterior(bound, xb)
-        if mu is None:
-            mu = torch.empty(n, q.mu.shape[-1], device=ds.x.device)
         lse = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=xb.device)
         sum_log_px_z = torch.zeros(len(xb), dtype=torch.float64, device=xb.device)
         for start in range(0, k, chunk):
@@ -145,6 +143,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", mc_samples: int | Non
     defaults to the training precision for the loss terms and to auto for the NLL."""
     dev = resolve_device(device)
     model, config, epoch = load_model(run_dir, dev)
+    if nll_k is not None and not model.stochastic:
+        bound = " (a vqvae's eval reports `codes.nll_bound`, which bounds it)" if model.discrete else ""
+        raise ConfigError(f"--nll-k estimates log p(x) by importance sampling from q(z|x); model {config.model.model!r} "
+                          f"has no stochastic encoder{bound}; use it on a vae or cvae run")
     data_cfg = config.data if data_dir is None else dataclasses.replace(config.data, data_dir=data_dir)
     if split not in ("test", "val"):
         raise ConfigError(f"split {split!r} is unknown; use test or val")
@@ -158,13 +160,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", mc_samples: int | Non
     result = {"run": str(run_dir), "split": split, "epoch": epoch, "n": len(ds), "model": config.model.model,
               "loss_name": train_cfg.loss, "mc_samples": train_cfg.mc_samples, **evaluate(model, ds, train_cfg),
               "seconds": time.perf_counter() - t0}
-    if hasattr(model, "code_prior"):
+    if model.discrete:
         result["codes"] = code_report(model, ds)
     if nll_k is not None:
-        if not model.stochastic:
-            bound = " (vqvae: `codes.nll_bound` above bounds it)" if "codes" in result else ""
-            raise ConfigError(f"--nll-k estimates log p(x) by importance sampling from q(z|x); model {config.model.model!r} "
-                              f"has no stochastic encoder{bound}; use it on a vae or cvae run")
         torch.manual_seed(seed)
         # bf16 where it is faster whatever the training precision: it moves the NLL by < 0.01 nats
         ll = log_likelihood(model, ds, nll_k, chunk_size=chunk_size, precision=precision or "auto")

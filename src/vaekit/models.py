@@ -26,6 +26,7 @@ class LatentModel(nn.Module):
     default_loss = "ae"
     conditional = False  # True: encoder and decoder take the label y too (bind it with given(y))
     stochastic = False   # True: encode(x) is a density q(z|x) (the ELBO, IWAE and log p(x) estimates apply)
+    discrete = False     # True: z is codebook entries with a fitted prior over their indices (the VQ-VAE)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -98,6 +99,16 @@ def check_labels(y, num_classes: int) -> None:
                           f"got {y.unique()[:5].tolist()}")
 
 
+def check_label(model: "LatentModel", label: int | None, name) -> None:
+    """A --label for run `name`: refused for an unconditional model or outside its trained classes."""
+    if label is None:
+        return
+    if not model.conditional:
+        raise ConfigError(f"--label {label}: {name} is not a conditional model (train one with --model cvae)")
+    if not 0 <= label < model.config.num_classes:
+        raise ConfigError(f"--label {label}: {name} knows labels 0..{model.config.num_classes - 1}")
+
+
 class Conditioned:
     """A conditional model with its labels bound: encode(x) and decode(z) as an unconditional
     model's, so every loss, the likelihood estimate and the figures apply unchanged."""
@@ -154,7 +165,7 @@ class ConditionalVAE(VAE):
 
     def code(self, y, lead: torch.Size) -> torch.Tensor:
         if y is None:
-            raise ConfigError("the conditional VAE needs a label: pass one (--label N) or data with labels")
+            check_labels(y, self.config.num_classes)   # says that a label is needed
         return label_code(y, self.config.num_classes, lead, self.device)
 
     def encode(self, x: torch.Tensor, y=None) -> DiagonalGaussian:
@@ -169,10 +180,13 @@ class ConditionalVAE(VAE):
         check_labels(y, self.config.num_classes)
         return Conditioned(self, y)
 
+    def classes_in_turn(self, n: int) -> torch.Tensor:
+        """Labels 0, 1, ..., K-1, 0, ... for n draws: (n,)."""
+        return torch.arange(n, device=self.device) % self.config.num_classes
+
     def generate(self, n: int, temperature: float = 1.0, label=None) -> torch.Tensor:
         """n draws; with no label, the classes in turn (0, 1, ..., K-1, 0, ...)."""
-        y = torch.arange(n, device=self.device) % self.config.num_classes if label is None else label
-        return self.given(y).generate(n, temperature)
+        return self.given(self.classes_in_turn(n) if label is None else label).generate(n, temperature)
 
     def reconstruct(self, x: torch.Tensor, y=None) -> torch.Tensor:
         return self.given(y).reconstruct(x)
@@ -186,6 +200,7 @@ class VQVAE(LatentModel):
     fitted (TrainConfig.prior_epochs), and generation decodes codes drawn from it."""
 
     default_loss = "vq"
+    discrete = True
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)

@@ -11,6 +11,7 @@ import torch
 from .checkpoint import atomic_write_text, load_model
 from .errors import ConfigError
 from .images import image_grid, save_png
+from .models import check_label
 from .runtime import resolve_device
 
 
@@ -35,15 +36,10 @@ def sample_run(run_dir: str | Path, n: int = 64, out: str | Path | None = None, 
                           f"write its samples as CSV: --out {out.with_suffix('.csv')}")
     if not table and out.suffix.lower() == ".csv":
         raise ConfigError(f"{run_dir} models images, written as a PNG grid: --out {out.with_suffix('.png')}")
-    if label is not None and not model.conditional:
-        raise ConfigError(f"--label {label}: {run_dir} is not a conditional model (train one with --model cvae)")
+    check_label(model, label, run_dir)
     if model.conditional:
-        classes = config.model.num_classes
-        if label is not None and not 0 <= label < classes:
-            raise ConfigError(f"--label {label}: {run_dir} knows labels 0..{classes - 1}")
-        y = torch.arange(n, device=model.device) % classes if label is None else label
-        nrow = nrow or (classes if label is None else None)
-        model = model.given(y)
+        nrow = nrow or (config.model.num_classes if label is None else None)   # one column per class
+        model = model.given(model.classes_in_turn(n) if label is None else label)
     torch.manual_seed(seed)
     if not table:
         return save_png(image_grid(model.generate(n, temperature), nrow), out, scale)

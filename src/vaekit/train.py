@@ -70,9 +70,10 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.json")
     history = _read_metrics(run_dir, upto=start)
+    state = None  # the trainer state of the last epoch this call finishes
     _write_metrics(run_dir, history)
     if start < tcfg.epochs:
-        z = (f"{model.code_positions} codes of {config.model.code_dim}" if hasattr(model, "code_positions")
+        z = (f"{model.code_positions} codes of {config.model.code_dim}" if model.discrete
              else f"latent_dim={config.model.latent_dim}")
         log(f"training {config.model.model} ({tcfg.loss} loss, {z}) on {data.name}: "
             f"{len(train)} images, epochs {start + 1}-{tcfg.epochs}, device {device}, {resolve_precision(tcfg.precision, device)}")
@@ -108,23 +109,21 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
                   **{f"train_{k}": v / len(train) for k, v in sums.items()}}
         if val is not None:
             record.update({f"val_{k}": v for k, v in evaluate(model, val, tcfg).items()})
-            if hasattr(model, "code_indices"):  # a VQ-VAE: how much of its codebook the validation set uses
+            if model.discrete:  # a VQ-VAE: how much of its codebook the validation set uses
                 usage = codebook_usage(model.code_indices(val), config.model.codebook_size)
                 record.update(val_perplexity=usage["perplexity"], val_dead_codes=usage["dead_codes"])
         record.update(seconds=time.perf_counter() - t0, images_per_s=len(train) / train_seconds)
         history.append(record)
         _append_metric(run_dir, record)  # before the checkpoint: a resume drops lines past it
-        save_checkpoint(run_dir, model, optimizer, {
-            "epoch": epoch + 1, "train_seconds": trained_seconds,
-            "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": generator.get_state().cpu()},
-        })
+        state = {"epoch": epoch + 1, "train_seconds": trained_seconds,
+                 "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": generator.get_state().cpu()}}
+        save_checkpoint(run_dir, model, optimizer, state)
         log(_summary(record, tcfg.epochs))
         for hook in hooks:
             hook(record, model)
-    if hasattr(model, "fit_prior") and tcfg.prior_epochs and start < tcfg.epochs:
-        # the VQ-VAE's autoregressive prior over code indices: fitted once the codes are final
+    if model.discrete and tcfg.prior_epochs and state is not None:
+        # the VQ-VAE's autoregressive prior over code indices: fitted once the codes are final (this call trained)
         model.fit_prior(train, tcfg.prior_epochs, log=log)
-        state = load_trainer_state(run_dir, optimizer)
         save_checkpoint(run_dir, model, optimizer, state)
     model.eval()
     return FitResult(model, config, history, run_dir)

@@ -75,9 +75,10 @@ class VectorQuantiser(nn.Module):
             self._restart(z_e.detach().reshape(-1, self.dim))
         indices = self.nearest(z_e)
         if learning:
-            self._track_usage(indices)
-        if self.ema and learning:
-            self._ema_update(z_e.detach(), indices)
+            counts = torch.bincount(indices.reshape(-1), minlength=self.size).float()   # (K,) assignments per code
+            self._track_usage(counts)
+            if self.ema:
+                self._ema_update(z_e.detach(), indices, counts)
         e = self.lookup(indices)
         commitment = (z_e - e.detach()).pow(2).sum((-2, -1))
         codebook = torch.zeros_like(commitment) if self.ema else (z_e.detach() - e).pow(2).sum((-2, -1))
@@ -100,15 +101,14 @@ class VectorQuantiser(nn.Module):
         self.started.fill_(True)
 
     @torch.no_grad()
-    def _track_usage(self, indices: torch.Tensor) -> None:
-        share = torch.bincount(indices.reshape(-1), minlength=self.size).float() / indices.numel()
-        self.usage.mul_(self.usage_decay).add_(share, alpha=1 - self.usage_decay)
+    def _track_usage(self, counts: torch.Tensor) -> None:
+        self.usage.mul_(self.usage_decay).add_(counts / counts.sum(), alpha=1 - self.usage_decay)
 
     @torch.no_grad()
-    def _ema_update(self, z_e: torch.Tensor, indices: torch.Tensor) -> None:
-        onehot = F.one_hot(indices.reshape(-1), self.size).float()                  # (N, K)
-        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(onehot.T @ z_e.reshape(-1, self.dim), alpha=1 - self.decay)
+    def _ema_update(self, z_e: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, indices.reshape(-1), z_e.reshape(-1, self.dim))  # (K, E)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (n + self.size * self.eps) * n
         self.codebook.copy_(self.embed_sum / smoothed.unsqueeze(1))

@@ -17,6 +17,7 @@ from ..data import Dataset, batches, load_data
 from ..distributions import DiagonalGaussian
 from ..errors import ConfigError
 from ..evaluate import evaluate
+from ..models import check_label
 from ..runtime import resolve_device
 
 PROJECTIONS = ("pca", "tsne", "dims")
@@ -114,18 +115,13 @@ class Run:
 
     def given(self, label: int | None):
         """The model to decode z with: a conditional one with `label` bound (0 when none is given)."""
-        if not self.conditional:
-            if label is not None:
-                raise ConfigError(f"--label {label}: {self.name} is not a conditional model (train one with --model cvae)")
-            return self.model
-        if label is not None and label >= self.config.model.num_classes:
-            raise ConfigError(f"--label {label}: {self.name} knows labels 0..{self.config.model.num_classes - 1}")
+        check_label(self.model, label, self.name)
         return self.model.given(0 if label is None else label)
 
     @property
     def discrete(self) -> bool:
         """z is a tuple of codebook entries (the VQ-VAE), not a point of R^latent_dim."""
-        return hasattr(self.model, "code_prior")
+        return self.model.discrete
 
     def need_continuous_z(self, figure: str) -> None:
         """Refuse a figure that moves through z for a model with discrete codes (the VQ-VAE)."""
