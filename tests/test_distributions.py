@@ -8,6 +8,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal, kl_dive
 from torch.distributions import Bernoulli as TorchBernoulli
 
 from vaekit import Bernoulli, DiagonalGaussian, gaussian_kl
+from vaekit.distributions import sum_softplus
 
 
 def _gauss(b=4, d=3, seed=0):
@@ -85,6 +86,31 @@ def test_bernoulli_log_prob_matches_torch_for_binary_and_grey_targets():
     grey = torch.rand(4, 1, 3, 3, generator=g)  # grey targets: the cross-entropy pytorch/examples uses
     by_hand = (grey * torch.log(torch.sigmoid(logits)) + (1 - grey) * torch.log(1 - torch.sigmoid(logits))).sum((1, 2, 3))
     torch.testing.assert_close(Bernoulli(logits, event_ndim=3).log_prob(grey), by_hand, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("event_shape", [(1, 28, 28), (7,), (131,), (3, 32, 32)])
+def test_sum_softplus_blockwise_product_matches_softplus(event_shape):
+    """The evaluation path's one-log-per-block softplus against float64 softplus, logits up to +-30."""
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(6, 5, *event_shape, generator=g) * 12
+    t.view(-1)[:40] = torch.tensor([30.0, -30.0] * 20)
+    exact = torch.nn.functional.softplus(t.double()).flatten(2).sum(-1)
+    got = sum_softplus(t, len(event_shape))
+    assert got.shape == (6, 5) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_bernoulli_log_prob_is_the_same_with_and_without_gradients(grad):
+    """Training (BCE) and evaluation (blockwise product) are two computations of one log-density."""
+    g = torch.Generator().manual_seed(4)
+    logits = (torch.randn(3, 8, 1, 28, 28, generator=g) * 8).requires_grad_(grad)
+    x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3), generator=g)
+    exact = Independent(TorchBernoulli(logits=logits.detach().double().clamp(-30, 30)), 3).log_prob(x.double())
+    with torch.set_grad_enabled(grad):
+        lp = Bernoulli(logits, event_ndim=3).log_prob(x)
+    assert lp.requires_grad == grad
+    torch.testing.assert_close(lp.detach().double(), exact, rtol=1e-6, atol=2e-3)
 
 
 def test_log_prob_broadcasts_over_a_leading_sample_dimension():

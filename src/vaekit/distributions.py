@@ -22,6 +22,26 @@ def sum_event(t: torch.Tensor, event_ndim: int) -> torch.Tensor:
     return t.sum(dim=tuple(range(t.ndim - event_ndim, t.ndim))) if event_ndim else t
 
 
+def _product_block(n: int) -> int:
+    """The largest divisor of n that is <= 126: a product of that many factors in [1, 2] stays below
+    2^126, inside float32's range (2^128)."""
+    return max(b for b in range(1, min(n, 126) + 1) if n % b == 0)
+
+
+def sum_softplus(t: torch.Tensor, event_ndim: int) -> torch.Tensor:
+    """sum over the event of softplus(t) = log(1 + e^t), computed as
+    sum relu(t) + sum_blocks log prod_block (1 + e^-|t|).
+
+    One log per block of up to 126 features instead of one per feature: the same value (relative
+    difference ~1e-7 in float32) for a fraction of the transcendental work, which is what bounds the
+    k = 5,000 likelihood estimate on a CPU (Bernoulli.log_prob without gradients).
+    """
+    flat = t.flatten(-event_ndim) if event_ndim else t.unsqueeze(-1)
+    factors = 1 + torch.exp(-flat.abs())
+    prods = factors.unflatten(-1, (-1, _product_block(flat.shape[-1]))).prod(-1)
+    return torch.relu(flat).sum(-1) + torch.log(prods).sum(-1)
+
+
 class DiagonalGaussian:
     """N(mu, diag(exp(logvar))); used for q(z|x), the prior p(z) and Gaussian p(x|z)."""
 
@@ -105,6 +125,11 @@ class Bernoulli:
         # from float32's subnormals (e^-87): a decoder sure of MNIST's black border had its backward pass
         # run on subnormals, 2.5x slower, after ~800 steps
         logits = self.logits.float().clamp(-MAX_LOGIT, MAX_LOGIT)
+        if not torch.is_grad_enabled():
+            # log p(x|z) = sum x * l - sum softplus(l), with the blockwise-product softplus: evaluation
+            # decodes 50 million rows for the k = 5,000 estimate, and the per-feature log of BCE cost
+            # more than the decoder's matrix products
+            return sum_event(logits * x.float(), self.event_ndim) - sum_softplus(logits, self.event_ndim)
         x = x.float().expand_as(logits)  # x (B, ...) against logits (L, B, ...)
         return -sum_event(F.binary_cross_entropy_with_logits(logits, x, reduction="none"), self.event_ndim)
 
