@@ -26,7 +26,7 @@ def test_train_eval_sample_smoke(tmp_path, capsys):
     assert main(["train", "--run-dir", str(run), *TINY]) == 0
     assert main(["eval", str(run), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.split("run saved in")[-1].split("\n", 1)[1])
-    assert out["split"] == "test" and out["n"] == 297 and out["loss"] == pytest.approx(out["recon"] + out["kl"])
+    assert out["split"] == "test" and out["n"] == 297 and out["objective"] == pytest.approx(out["recon"] + out["kl"]) == pytest.approx(out["neg_elbo"])
     assert main(["sample", str(run), "-n", "12", "--nrow", "4", "--scale", "1", "--out", str(tmp_path / "s.png")]) == 0
     img = Image.open(tmp_path / "s.png")
     assert img.size == (4 * 10 + 2, 3 * 10 + 2)  # 8x8 tiles, 2-pixel padding
@@ -38,7 +38,9 @@ def test_resume_from_the_command_line(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     assert main(["train", "--resume", str(run), "--lr", "0.1", "--no-progress"]) == 2
-    assert "only --epochs, --max-minutes and --device may change" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "only --epochs, --max-minutes, --early-stop, --device may change" in err
+    assert "lr 0.001 -> 0.1" in err          # the message names what differs
 
 
 def test_autoencoder_trains_with_its_own_loss(tmp_path):
@@ -52,7 +54,7 @@ def test_autoencoder_trains_with_its_own_loss(tmp_path):
     (["sample", "{tmp}/nowhere"], "does not exist"),
     (["train", "--run-dir", "{tmp}/r", "--epochs", "-1", "--data", "digits"], "epochs=-1 is impossible"),
     (["train", "--run-dir", "{tmp}/r", "--latent-dim", "0", "--data", "digits"], "latent_dim=0 is impossible"),
-    (["train", "--run-dir", "{tmp}/r", "--data", "digits"], "val_size=5000 leaves no training data"),
+    (["train", "--run-dir", "{tmp}/r", "--data", "digits", "--val-size", "5000"], "val_size=5000 (DataConfig.val_size, --val-size) leaves no training data"),
     (["train", "--run-dir", "{tmp}/r", "--data", "mnist", "--data-dir", "{tmp}/empty"], "mnist is not in"),
     (["train", "--run-dir", "{tmp}/r", "--model", "gan", "--data", "digits", "--val-size", "10"], "model 'gan' is unknown"),
 ])

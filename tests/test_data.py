@@ -1,4 +1,6 @@
 import gzip
+import hashlib
+import os
 import struct
 
 import pytest
@@ -6,7 +8,14 @@ import torch
 
 from conftest import needs_mnist
 from vaekit import DataConfig, DataError, batches, data_root, load_data, read_idx
-from vaekit.data import MNIST
+from vaekit.sources import MNIST
+from vaekit.sources.download import fetch
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 from vaekit.errors import ConfigError
 
 
@@ -50,19 +59,22 @@ def test_missing_mnist_offline_names_the_folder_and_files(tmp_path):
     cfg = DataConfig("mnist", data_dir=str(tmp_path))
     with pytest.raises(DataError) as e:
         load_data(cfg, download=False)
-    msg = str(e.value)
-    assert str(tmp_path / "mnist") in msg and "train-images-idx3-ubyte.gz" in msg and "t10k-labels-idx1-ubyte.gz" in msg
-    assert "\n" not in msg
+    msg, details = str(e.value), e.value.details
+    assert str(tmp_path / "mnist") in msg and "--data-dir" in msg and "\n" not in msg
+    assert len(msg.replace(str(tmp_path / "mnist"), "")) < 200        # the cause and the fix, readable
+    assert "train-images-idx3-ubyte.gz" in details and "t10k-labels-idx1-ubyte.gz" in details   # behind --verbose
 
 
-def test_failed_download_is_a_clear_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
+def test_failed_download_is_a_clear_error_and_leaves_nothing_behind(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr("urllib.request.urlopen", offline)
-    with pytest.raises(DataError, match="download failed.*unreachable"):
-        load_data(DataConfig("mnist", data_dir=str(tmp_path)))
-    assert list((tmp_path / "mnist").iterdir()) == []
+    root = tmp_path / "cache"
+    with pytest.raises(DataError, match="download failed") as e:
+        load_data(DataConfig("mnist", data_dir=str(root)))
+    assert "unreachable" in e.value.details and len(e.value.details.splitlines()) >= 3   # each mirror tried
+    assert not root.exists()      # no empty folders left behind (before: an empty cache/mnist/)
 
 
 def test_download_checks_the_md5_and_renames_atomically(tmp_path, monkeypatch):
@@ -73,9 +85,14 @@ def test_download_checks_the_md5_and_renames_atomically(tmp_path, monkeypatch):
         def read(self): return self.body
 
     monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: Reply(b"not the real file"))
-    with pytest.raises(DataError, match="checksum mismatch"):
-        MNIST._download(tmp_path, MNIST.train_labels, [MNIST.train_labels], timeout=1)
+    path, errors = fetch(MNIST.mirrors, MNIST.train_labels.name, MNIST.train_labels.md5, tmp_path / "mnist", timeout=1)
+    assert path is None and errors and all("checksum mismatch" in e for e in errors)
     assert list(tmp_path.iterdir()) == []
+    payload = b"the real file"
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: Reply(payload))
+    path, errors = fetch(MNIST.mirrors, "f.gz", hashlib.md5(payload).hexdigest(), tmp_path / "mnist", timeout=1)
+    assert path == tmp_path / "mnist" / "f.gz" and path.read_bytes() == payload and errors == []
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())   # not mkstemp's 0600
 
 
 def test_cache_resolution_order(tmp_path, monkeypatch):

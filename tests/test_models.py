@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from vaekit.objectives import LossContext
+
 from conftest import synthetic_splits
 from vaekit import LIKELIHOODS, LOSSES, MODELS, ModelConfig, TrainConfig, build_model
 from vaekit.errors import ConfigError
@@ -26,7 +28,7 @@ def test_forward_loss_step_generate(model_name, likelihood, arch, latent_dim):
     train = synthetic_splits(SHAPE).train
     x, bound = train.x[:8], model.given(train.y[:8])
     cfg = TrainConfig(loss=MODELS[model_name].default_loss, mc_samples=2)
-    terms = LOSSES[cfg.loss](bound, x, cfg)
+    terms = LOSSES[cfg.loss](bound, x, LossContext(cfg))
     assert set(terms) == {"loss", "recon", "kl"} and all(v.shape == (8,) for v in terms.values())
     assert all(torch.isfinite(v).all() for v in terms.values())
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -45,7 +47,7 @@ def test_elbo_terms_follow_their_definitions():
     x = synthetic_splits(SHAPE).train.x[:6]
     q = model.encode(x)
     torch.manual_seed(1)
-    terms = LOSSES["elbo"](model, x, TrainConfig(beta=2.0))
+    terms = LOSSES["elbo"](model, x, LossContext(TrainConfig(beta=2.0)))
     torch.manual_seed(1)
     z = q.rsample(1)
     torch.testing.assert_close(terms["recon"], -model.decode(z).log_prob(x).mean(0))
@@ -56,26 +58,26 @@ def test_elbo_terms_follow_their_definitions():
 def test_monte_carlo_kl_agrees_with_closed_form_on_average():
     model = make("vae", latent_dim=4)
     x = synthetic_splits(SHAPE).train.x[:4]
-    mc = LOSSES["elbo"](model, x, TrainConfig(kl="mc", mc_samples=20_000))["kl"]
-    exact = LOSSES["elbo"](model, x, TrainConfig())["kl"]
+    mc = LOSSES["elbo"](model, x, LossContext(TrainConfig(kl="mc", mc_samples=20_000)))["kl"]
+    exact = LOSSES["elbo"](model, x, LossContext(TrainConfig()))["kl"]
     torch.testing.assert_close(mc, exact, atol=0.05, rtol=0.02)
 
 
 def test_more_samples_reduce_the_variance_of_the_reconstruction_term():
     model = make("vae", latent_dim=2)
     x = synthetic_splits(SHAPE).train.x[:1]
-    spread = lambda L: torch.stack([LOSSES["elbo"](model, x, TrainConfig(mc_samples=L))["recon"] for _ in range(200)]).std()  # noqa: E731
+    spread = lambda L: torch.stack([LOSSES["elbo"](model, x, LossContext(TrainConfig(mc_samples=L)))["recon"] for _ in range(200)]).std()  # noqa: E731
     assert spread(16) < spread(1) / 2
 
 
 def test_elbo_needs_a_stochastic_encoder():
     with pytest.raises(ConfigError, match="stochastic encoder"):
-        LOSSES["elbo"](make("ae"), torch.rand(2, *SHAPE), TrainConfig())
+        LOSSES["elbo"](make("ae"), torch.rand(2, *SHAPE), LossContext(TrainConfig()))
 
 
 def test_unknown_names_are_config_errors():
     with pytest.raises(ConfigError, match="needs a codebook"):
-        LOSSES["vq"](make("vae"), torch.rand(2, *SHAPE), TrainConfig())
+        LOSSES["vq"](make("vae"), torch.rand(2, *SHAPE), LossContext(TrainConfig()))
     for kw in ({"model": "gan"}, {"likelihood": "poisson"}, {"activation": "swishy"}, {"arch": "transformer"}):
         with pytest.raises(ConfigError, match="unknown"):
             make(**kw)
@@ -104,7 +106,7 @@ def test_every_registered_loss_trains_a_vae(loss):
     model = make("vqvae" if loss == "vq" else "vae", latent_dim=3)  # vq needs the codebook
     x = synthetic_splits(SHAPE).train.x[:8]
     cfg = TrainConfig(loss=loss, mc_samples=3)
-    terms = LOSSES[loss](model, x, cfg, 0.5)
+    terms = LOSSES[loss](model, x, LossContext(cfg, 0.5))
     assert all(v.shape == (8,) and torch.isfinite(v).all() for v in terms.values())
     terms["loss"].mean().backward()
     assert all(p.grad is not None for p in model.encoder.parameters())
@@ -121,8 +123,8 @@ def test_kl_warm_up_and_the_capacity_schedule():
     cfg = TrainConfig(loss="capacity", capacity=10.0, capacity_epochs=4.0, gamma=100.0)
     for epoch, c in ((0.0, 0.0), (2.0, 5.0), (9.0, 10.0)):
         torch.manual_seed(0)
-        t = LOSSES["capacity"](model, x, cfg, epoch)
+        t = LOSSES["capacity"](model, x, LossContext(cfg, epoch))
         torch.testing.assert_close(t["loss"], t["recon"] + 100.0 * (t["kl"] - c).abs())
     torch.manual_seed(0)
-    warm = LOSSES["elbo"](model, x, TrainConfig(beta=4.0, kl_warmup_epochs=2.0), 1.0)
+    warm = LOSSES["elbo"](model, x, LossContext(TrainConfig(beta=4.0, kl_warmup_epochs=2.0), 1.0))
     torch.testing.assert_close(warm["loss"], warm["recon"] + 2.0 * warm["kl"])

@@ -179,8 +179,8 @@ def test_compare_puts_runs_side_by_side_with_model_latent_dim_and_test_loss(runs
     assert Image.open(tmp_path / "cmp" / "compare-scatter.png").size == (1600, 730)
     fig, _ = plots.figure("scatter", [ae, vae], plots.PlotOptions())
     titles = [panel._suptitle.get_text() for panel in fig.subfigs]
-    assert titles[0].startswith(f"ae2: ae, latent_dim=2, test loss {ae.test_metrics['loss']:.2f} (recon only)")
-    assert titles[1].startswith(f"vae2: vae, latent_dim=2, test loss {vae.test_metrics['loss']:.2f}\n")
+    assert titles[0].startswith(f"ae2: ae, latent_dim=2, test ae loss {ae.test_metrics['loss']:.2f} (recon only)")
+    assert titles[1].startswith(f"vae2: vae, latent_dim=2, test elbo loss {vae.test_metrics['loss']:.2f}\n")
     # a kind that applies to one run only: a panel says why; to none: skipped
     fig, _ = plots.figure("manifold", [runs["vae1"], vae], plots.PlotOptions(resolution=3))
     assert any("not applicable" in t.get_text() for t in fig.subfigs[0].texts)

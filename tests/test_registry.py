@@ -1,6 +1,6 @@
 """`vaekit list`: every registered component, each with one line from its own docstring."""
 
-from vaekit import LIKELIHOODS, LOSSES, MODELS, SOURCES, list_components
+from vaekit import LIKELIHOODS, LOSSES, MODELS, PRIORS, SOURCES, list_components
 from vaekit.cli import main
 from vaekit.nets import ARCHITECTURES
 from vaekit.registry import describe
@@ -9,7 +9,7 @@ from vaekit.registry import describe
 def test_every_entry_of_every_registry_is_listed_with_a_one_line_description():
     rows = list_components()
     listed = {kind: [name for k, name, _ in rows if k == kind] for kind, _, _ in rows}
-    assert listed == {"models": list(MODELS), "losses": list(LOSSES), "architectures": list(ARCHITECTURES),
+    assert listed == {"models": list(MODELS), "losses": list(LOSSES), "priors": list(PRIORS), "architectures": list(ARCHITECTURES),
                       "likelihoods": list(LIKELIHOODS), "data sources": list(SOURCES)}
     for _, name, about in rows:
         assert about and "\n" not in about, name

@@ -55,7 +55,7 @@ def test_train_writes_a_self_contained_report_with_every_figure_that_applies(tra
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     table = re.search(r'<table id="metrics">(.*?)</table>', page).group(1)
     assert [html.unescape(r) for r in re.findall(r"<tr><td>([^<]+)</td>", table)] == \
-        ["train (mean over the last epoch)", "validation", "test (297 images)"]
+        ["train (mean over the last epoch)", "validation", "test (297 examples)"]
     assert f">{last['val_loss']:.2f}<" in table and f">{last['train_kl']:.2f}<" in table
     assert '<table id="config">' in page and "<td>latent_dim</td><td>" + str(latent_dim) in page
 

@@ -10,7 +10,10 @@ from vaekit.errors import ConfigError
 @pytest.fixture
 def cpu(monkeypatch, tmp_path):
     """A fake /proc/cpuinfo and fake matmul timings: returns a setter for both."""
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "cache"))
+
     def set_cpu(flags: str, bf16_seconds: float, fp32_seconds: float = 1.0):
+        (tmp_path / "cache" / "precision.json").unlink(missing_ok=True)
         info = tmp_path / "cpuinfo"
         info.write_text(f"processor : 0\nflags : fpu sse avx512f {flags}\n")
         real_path = runtime.Path

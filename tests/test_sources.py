@@ -13,7 +13,7 @@ from PIL import Image
 from test_data import write_idx
 from vaekit import DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data
 from vaekit.cli import main
-from vaekit.data import FASHION_MNIST, MNIST, SOURCES, IDXFile
+from vaekit.sources import FASHION_MNIST, MNIST, SOURCES, IDXFile
 from vaekit.errors import ConfigError, DataError
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--epochs", "2", "--val-size", "5", "--no-progress", "--no-report"]
@@ -145,8 +145,8 @@ def test_fashion_mnist_is_mnist_s_loader_with_its_own_folder_and_checksums(tmp_p
         assert ours.name == theirs.name and ours.shape == theirs.shape and ours.md5 != theirs.md5
     with pytest.raises(DataError) as e:
         load_data(DataConfig("fashion-mnist", data_dir=str(tmp_path)), download=False)
-    msg = str(e.value)
-    assert str(tmp_path / "fashion-mnist") in msg and "t10k-images-idx3-ubyte.gz" in msg and "fashion-mnist.s3" in msg
+    msg, details = str(e.value), e.value.details
+    assert str(tmp_path / "fashion-mnist") in msg and "t10k-images-idx3-ubyte.gz" in details and "fashion-mnist.s3" in details
     # the same reader on small synthetic files in fashion-mnist/ (the real sizes would only cost time)
     small = dataclasses.replace(FASHION_MNIST, **{f: IDXFile(getattr(FASHION_MNIST, f).name, "", s) for f, s in zip(
         files, [(12, 28, 28), (12,), (4, 28, 28), (4,)])})
@@ -193,7 +193,7 @@ ERRORS = [
     ("npy", _npz_without_x, {}, DataError, r"a.npz has no array 'x' \(it holds images\)"),
     ("npy", lambda t: _write(t, "junk.npy", "not numpy"), {}, DataError, "cannot read .*junk.npy as a NumPy file"),
     ("csv", lambda t: None, {}, ConfigError, "data source 'csv' reads a .csv file: pass --path"),
-    ("digits", lambda t: None, {"label_column": "y"}, ConfigError, "--label-column does not apply to data source 'digits'; it is for csv"),
+    ("digits", lambda t: None, {"label_column": "y"}, ConfigError, r"label_column \(DataConfig.label_column, --label-column\) does not apply to data source 'digits'; it is for csv"),
 ]
 
 
@@ -220,7 +220,7 @@ def test_a_bernoulli_likelihood_on_a_table_is_refused_before_training(tmp_path):
     config = RunConfig(ModelConfig(likelihood="bernoulli", hidden_dims=(8,), latent_dim=2), data, TrainConfig(epochs=1))
     with pytest.raises(ConfigError, match=r"bernoulli likelihood models data in \[0, 1\] .*pass --likelihood gaussian-learned"):
         fit(config, tmp_path / "run", progress=False, log=lambda s: None)
-    with pytest.raises(ConfigError, match="--pixels static draws Bernoulli pixels from data in"):
+    with pytest.raises(ConfigError, match=r"pixels static \(DataConfig.pixels, --pixels\) draws Bernoulli pixels from data in"):
         load_data(dataclasses.replace(data, pixels="static"))
 
 
@@ -234,7 +234,7 @@ def test_an_rgb_image_folder_trains_evaluates_and_samples_from_the_command_line(
     capsys.readouterr()
     assert main(["eval", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["n"] == 4 and np.isfinite(result["loss"]) and result["loss"] == pytest.approx(result["recon"] + result["kl"])
+    assert result["n"] == 4 and np.isfinite(result["objective"]) and result["objective"] == pytest.approx(result["recon"] + result["kl"])
     assert main(["sample", str(run), "-n", "6", "--nrow", "3", "--scale", "1", "--out", str(tmp_path / "s.png")]) == 0
     img = Image.open(tmp_path / "s.png")
     assert img.mode == "RGB" and img.size == (3 * 34 + 2, 2 * 34 + 2)  # 32x32 tiles, 2-pixel padding
@@ -250,7 +250,7 @@ def test_a_csv_table_trains_evaluates_samples_and_plots_from_the_command_line(tm
     capsys.readouterr()
     assert main(["eval", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["n"] == 20 and np.isfinite(result["loss"])
+    assert result["n"] == 20 and np.isfinite(result["objective"])
     assert main(["sample", str(run), "-n", "7", "--out", str(tmp_path / "s.csv")]) == 0
     with open(tmp_path / "s.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -269,7 +269,7 @@ def test_a_csv_table_trains_evaluates_samples_and_plots_from_the_command_line(tm
 
 @pytest.mark.parametrize("args,message", [
     (["--data", "csv", "--path", "{tmp}/missing.csv"], "missing.csv does not exist"),
-    (["--data", "folder", "--path", "{tmp}", "--label-column", "x"], "--label-column does not apply to data source 'folder'"),
+    (["--data", "folder", "--path", "{tmp}", "--label-column", "x"], "label_column (DataConfig.label_column, --label-column) does not apply to data source 'folder'"),
     (["--data", "csv", "--path", "{tmp}/t.csv", "--label-column", "label", "--likelihood", "bernoulli"], "pass --likelihood gaussian-learned"),
 ])
 def test_data_errors_from_the_command_line_are_one_line(tmp_path, capsys, args, message):

@@ -4,6 +4,8 @@ import json
 import pytest
 import torch
 
+from vaekit.objectives import LossContext
+
 from conftest import needs_mnist, synthetic_splits
 from vaekit import CheckpointError, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data, load_model
 from vaekit.checkpoint import save_checkpoint
@@ -145,7 +147,7 @@ def test_alternating_schedule_updates_encoder_and_decoder_in_turns(tmp_path):
     for step, phase in enumerate(["E", "E", "M", "E"]):
         enc, dec = snapshot(model.encoder), snapshot(model.decoder)
         opt.zero_grad()
-        LOSSES["elbo"](model, x, cfg)["loss"].mean().backward()
+        LOSSES["elbo"](model, x, LossContext(cfg))["loss"].mean().backward()
         hold_fixed(model, cfg, step)
         opt.step()
         assert (moved(enc, model.encoder), moved(dec, model.decoder)) == ((True, False) if phase == "E" else (False, True))

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from vaekit.objectives import LossContext
+
 from vaekit import LOSSES, ModelConfig, TrainConfig, build_model
 from vaekit.vq import CodePrior, VectorQuantiser, codebook_usage, fit_code_prior
 
@@ -101,7 +103,7 @@ def test_vq_loss_and_generation(ema):
                                     codebook_size=5, code_dim=2, codebook_ema=ema)).eval()  # eval: no EMA step between calls
     x = torch.rand(6, 1, 4, 4)
     cfg = TrainConfig(loss="vq", commitment=0.5)
-    terms = LOSSES["vq"](model, x, cfg)
+    terms = LOSSES["vq"](model, x, LossContext(cfg))
     q = model.encode(x)
     recon = -model.decode(q.mode).log_prob(x)
     torch.testing.assert_close(terms["recon"], recon)
@@ -121,5 +123,5 @@ def test_a_convolutional_vq_vae_has_one_code_per_position_of_its_last_feature_ma
     feature_map = model.encoder.head(model.encoder.features(x))            # (3, 4, 7, 7): the grid itself
     torch.testing.assert_close(q.z_e[:, 7 * 2 + 5], feature_map[:, :, 2, 5])   # position (2, 5) in raster order
     assert model.decode(q.mode).mean.shape == (3, 1, 28, 28) and model.generate(2).shape == (2, 1, 28, 28)
-    terms = LOSSES["vq"](model, x, TrainConfig())
+    terms = LOSSES["vq"](model, x, LossContext(TrainConfig()))
     torch.testing.assert_close(terms["kl"], torch.full((3,), 49 * math.log(32)))

@@ -5,16 +5,18 @@
 
 from .checkpoint import load_model, save_checkpoint
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import SOURCES, DataSplits, Dataset, batches, data_root, default_likelihood, load_data
+from .data import DataSplits, Dataset, batches, data_root, load_data
 from .demo import run_demo
 from .distributions import Bernoulli, DiagonalGaussian, PointMass, gaussian_kl
 from .errors import CheckpointError, ConfigError, DataError, VaekitError
 from .evaluate import evaluate, evaluate_run
-from .idx import read_idx
+from .sources import SOURCES, default_likelihood, read_idx
 from .images import image_grid, save_png
 from .likelihoods import LIKELIHOODS
 from .models import MODELS, VAE, AutoEncoder, build_model
-from .objectives import LOSSES, ae_loss, elbo
+from .objectives import LOSSES, LossContext, ae_loss, elbo
+from .priors import PRIORS
+from .resolve import resolve
 from . import plots
 from .plots import PlotOptions, compare_runs, plot_run
 from .registry import list_components

@@ -1,8 +1,8 @@
-"""Run directories: config.json + checkpoint/{model,trainer}.safetensors + metrics.jsonl.
+"""Run directories: config.json + checkpoint/{model,trainer}.safetensors + best/model.safetensors + metrics.jsonl.
 
 No pickle anywhere: weights, optimiser moments and RNG states are safetensors tensors, the
-rest is JSON metadata. A checkpoint is written to a temporary folder and swapped in with
-renames, so a crash at any moment leaves the previous complete checkpoint in place.
+rest is JSON metadata. A checkpoint is written to a temporary folder, fsynced, and swapped in
+with renames, so a crash at any moment leaves the previous complete checkpoint in place.
 """
 
 from __future__ import annotations
@@ -10,44 +10,39 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import RunConfig
-from .errors import CheckpointError, VaekitError
+from .config import CHECKPOINTS, RunConfig
+from .errors import CheckpointError, ConfigError, VaekitError
+from .files import file_mode, fsync_dir, fsync_file
+from .models import build_model
+from .runtime import resolve_device
 
 FORMAT = "vaekit-checkpoint"
 VERSION = "1"
 CKPT, CKPT_TMP, CKPT_OLD = "checkpoint", ".checkpoint.tmp", ".checkpoint.old"
+BEST = "best"   # the weights of the epoch with the lowest validation loss
 
 
-def _file_mode() -> int:
-    """The mode open() would give a new file (mkstemp's is 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def _save(tensors: dict, path: Path, meta: dict) -> None:
+    save_file(tensors, path, meta)
+    os.chmod(path, file_mode())
+    fsync_file(path)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename over it: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _swap_in(tmp: Path, final: Path, old: Path) -> None:
+    """Replace folder `final` by `tmp` with two renames; between them `old` is the complete previous one."""
+    fsync_dir(tmp)
+    if final.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -70,16 +65,23 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     meta = {"format": FORMAT, "version": VERSION, "epoch": str(state["epoch"])}
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors", meta)
+    _save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors", meta)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors = {**opt_tensors, **{f"state/{k}": v for k, v in state.get("tensors", {}).items()}}
     scalars = {k: v for k, v in state.items() if k != "tensors"}
-    save_file(tensors, tmp / "trainer.safetensors", {**meta, "optimizer": json.dumps(opt_meta), "state": json.dumps(scalars)})
-    if final.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    _save(tensors, tmp / "trainer.safetensors", {**meta, "optimizer": json.dumps(opt_meta), "state": json.dumps(scalars)})
+    _swap_in(tmp, final, old)
+
+
+def save_best(run_dir: Path, model: torch.nn.Module, epoch: int) -> None:
+    """RUN/best/model.safetensors: the weights of `epoch`, swapped in as atomically as a checkpoint."""
+    run_dir = Path(run_dir)
+    tmp, final, old = run_dir / f".{BEST}.tmp", run_dir / BEST, run_dir / f".{BEST}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {"format": FORMAT, "version": VERSION, "epoch": str(epoch)}
+    _save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors", meta)
+    _swap_in(tmp, final, old)
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -107,20 +109,30 @@ def load_config(run_dir: Path) -> RunConfig:
         raise CheckpointError(f"{run_dir / 'config.json'}: {e}") from None
 
 
-def load_model(run_dir: Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, RunConfig, epoch) from a run directory; device may be 'auto'."""
-    from .models import build_model
-    from .runtime import resolve_device
-
+def load_model(run_dir: Path, device: str | torch.device = "cpu", checkpoint: str = "last"):
+    """(model in eval mode, RunConfig, epoch) from a run directory; device may be 'auto'; checkpoint
+    'last' (the last finished epoch) or 'best' (the lowest validation loss)."""
     config = load_config(run_dir)
     model = build_model(config.model)
-    epoch = load_weights(run_dir, model)
+    epoch = load_weights(run_dir, model, checkpoint)
     return model.to(resolve_device(str(device))).eval(), config, epoch
 
 
-def load_weights(run_dir: Path, model: torch.nn.Module) -> int:
+def _weights_dir(run_dir: Path, checkpoint: str) -> Path:
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"--checkpoint {checkpoint!r} is unknown; choose one of {', '.join(CHECKPOINTS)}")
+    if checkpoint == "last":
+        return _checkpoint_dir(run_dir)
+    for name in (BEST, f".{BEST}.old"):
+        if (Path(run_dir) / name).is_dir():
+            return Path(run_dir) / name
+    raise CheckpointError(f"{run_dir} has no best/ weights (it was trained without validation, --val-size 0); "
+                          "use --checkpoint last")
+
+
+def load_weights(run_dir: Path, model: torch.nn.Module, checkpoint: str = "last") -> int:
     """Load the checkpoint's weights into `model` in place; return the epoch they are from."""
-    tensors, meta = _read(_checkpoint_dir(run_dir) / "model.safetensors")
+    tensors, meta = _read(_weights_dir(run_dir, checkpoint) / "model.safetensors")
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:

@@ -2,140 +2,185 @@
 
 A run is fully described by RunConfig(model, data, train). Models never mutate their
 config; changing an option means building a new config (dataclasses.replace).
+
+Each field carries its help text in `field(metadata=...)`: the `vaekit train` flags, their help
+and the defaults they print are generated from it (vaekit.options), so they cannot drift apart.
+A default of None means "chosen from the other options" (vaekit.resolve), in the library, so
+`fit(RunConfig(...))` from Python behaves exactly as the command line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .files import atomic_write_text
 
 PIXEL_MODES = ("grey", "dynamic", "static")  # grey in [0,1]; Bernoulli draw per epoch; one fixed draw
-KL_MODES = ("analytic", "mc")
-LR_SCHEDULES = ("constant", "iwae")
-SCHEDULES = ("joint", "alternating")  # alternating: variational EM, E-steps on phi (encoder), M-steps on theta  # iwae: 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
+KL_MODES = ("auto", "analytic", "mc")        # auto: closed form where the prior has one, else Monte Carlo
+LR_SCHEDULES = ("constant", "iwae")          # iwae: 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
+# joint: encoder and decoder every step; alternating: variational EM, E-steps on phi (encoder), M-steps on theta.
+# Each schedule names the TrainConfig fields it reads (a field no chosen component reads is refused).
+SCHEDULE_READS = {"joint": (), "alternating": ("e_steps", "m_steps")}
+SCHEDULES = tuple(SCHEDULE_READS)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+CHECKPOINTS = ("last", "best")               # which weights eval / sample / plot load
 
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
+def option(default, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), metavar=None,
+           default_text: str | None = None, cli: bool = True, append: bool = False, default_factory=None):
+    """A config field with its command-line help. flag: the option name (default --field-name); default_text:
+    what the help prints as the default (default: the value itself); cli=False: filled in by vaekit, no flag;
+    append: a repeatable flag (a tuple of pairs)."""
+    meta = {"help": help, "flag": flag, "aliases": aliases, "metavar": metavar, "default_text": default_text, "cli": cli,
+            "append": append}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-def _check_positive(name: str, value, allow_zero: bool = False) -> None:
+def flag_of(section: type, name: str) -> str:
+    """The command-line flag of a config field: '--latent-dim' for ModelConfig.latent_dim."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(section)}[name]
+    return meta.get("flag") or "--" + name.replace("_", "-")
+
+
+def field_ref(section: type, name: str) -> str:
+    """'ModelConfig.latent_dim, --latent-dim': how an error names an option for Python and CLI users alike."""
+    return f"{section.__name__}.{name}, {flag_of(section, name)}"
+
+
+def impossible(section: type, name: str, value, need: str) -> ConfigError:
+    return ConfigError(f"{name}={value!r} is impossible ({field_ref(section, name)}): {need}")
+
+
+def unknown(section: type, name: str, value, choices) -> ConfigError:
+    return ConfigError(f"{name} {value!r} is unknown ({field_ref(section, name)}); choose one of {', '.join(map(str, choices))}")
+
+
+def _check_choice(section: type, cfg, name: str, choices) -> None:
+    if getattr(cfg, name) not in choices:
+        raise unknown(section, name, getattr(cfg, name), choices)
+
+
+def _check_positive(section: type, cfg, name: str, allow_zero: bool = False, optional: bool = False) -> None:
+    value = getattr(cfg, name)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise impossible(section, name, value, "it must be a number")
     if value < 0 or (value == 0 and not allow_zero):
-        need = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name}={value!r} is impossible: it must be {need}")
+        raise impossible(section, name, value, f"it must be {'>= 0' if allow_zero else '> 0'}")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = "vae"                           # a key of vaekit.models.MODELS
-    input_shape: tuple[int, ...] = (1, 28, 28)   # (C, H, W); filled in from the data at train time
-    latent_dim: int = 20
-    hidden_dims: tuple[int, ...] = (400,)        # encoder widths; the decoder mirrors them
-    activation: str = "relu"
-    arch: str = "mlp"                            # a key of vaekit.nets.ARCHITECTURES: mlp, conv (hidden_dims are then channel widths)
-    residual: bool = False                       # conv: a residual block (two 3x3 convs + skip) after each stage
-    likelihood: str = "bernoulli"                # a key of vaekit.distributions.LIKELIHOODS
-    obs_std: float = 0.1                         # std of the fixed-variance Gaussian likelihood
-    num_classes: int = 0                         # cvae: label classes (filled in from the data at train time)
-    codebook_size: int = 128                     # vqvae: K codes; each example is latent_dim codes of code_dim numbers
-    code_dim: int = 8                            # vqvae: E, the length of a code vector
-    codebook_ema: bool = False                   # vqvae: EMA codebook (decay 0.99) instead of the codebook loss
+    model: str = option("vae", "vae, cvae (conditioned on the labels), vqvae or ae; see `vaekit list`")
+    input_shape: tuple[int, ...] = option((1, 28, 28), "(C, H, W), filled in from the data", cli=False)
+    latent_dim: int = option(20, "size of z (vqvae with the mlp: the number of codes)")
+    hidden_dims: tuple[int, ...] = option((400,), "encoder layer widths (conv: channel widths of stride-2 convs); "
+                                          "the decoder mirrors them", flag="--hidden", metavar="N")
+    activation: str = option("relu", "relu, tanh, elu, gelu, silu or leaky_relu")
+    arch: str = option("mlp", "mlp, or conv for images of any C x H x W (--hidden then gives channel widths)")
+    residual: bool = option(False, "conv: a residual block (two 3x3 convs + skip) after each stage")
+    likelihood: str | None = option(None, "p(x|z): bernoulli, gaussian (fixed sigma --obs-std), gaussian-learned, "
+                                    "discretised-logistic (8-bit images)",
+                                    default_text="bernoulli; gaussian-learned for tables (--data csv)")
+    obs_std: float = option(0.1, "gaussian likelihoods: sigma (gaussian-learned: its starting value)")
+    prior: str = option("standard", "p(z): standard (N(0, I)); see `vaekit list`")
+    num_classes: int = option(0, "cvae: label classes, filled in from the data", cli=False)
+    codebook_size: int = option(128, "vqvae: K, the codes in the codebook", metavar="K")
+    code_dim: int = option(8, "vqvae: E, the numbers per code", metavar="E")
+    codebook_ema: bool = option(False, "vqvae: move the codes by exponential moving averages (decay 0.99)")
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
         object.__setattr__(self, "hidden_dims", tuple(int(d) for d in self.hidden_dims))
-        _check_positive("latent_dim", self.latent_dim)
-        for d in self.hidden_dims + self.input_shape:
-            _check_positive("a layer size", d)
-        _check_positive("obs_std", self.obs_std)
-        _check_positive("num_classes", self.num_classes, allow_zero=True)
-        _check_positive("codebook_size", self.codebook_size)
-        _check_positive("code_dim", self.code_dim)
-        from .nets import ARCHITECTURES  # here, not at the top: config.py stays importable without torch
-
-        if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"architecture {self.arch!r} is unknown; choose one of {', '.join(ARCHITECTURES)}")
+        for name in ("latent_dim", "obs_std", "codebook_size", "code_dim"):
+            _check_positive(ModelConfig, self, name)
+        _check_positive(ModelConfig, self, "num_classes", allow_zero=True)
+        if min(self.hidden_dims + self.input_shape, default=1) <= 0:
+            raise impossible(ModelConfig, "hidden_dims", self.hidden_dims, "layer sizes must be > 0")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "mnist"            # a key of vaekit.data.SOURCES
-    pixels: str = "grey"
-    val_size: int = 5000             # carved from the training set; 0 means no validation
-    data_dir: str | None = None      # None: $VAEKIT_DATA, else ~/.cache/vaekit
-    limit: int | None = None         # use only the first N training images (quick runs, tests)
-    path: str | None = None          # folder, npy, csv: the folder or file; stored absolute so a saved run finds it anywhere
-    image_size: int | None = None    # folder: resize every image to image_size x image_size (None: keep, all must match)
-    label_column: str | None = None  # csv: the column of class labels (not a feature); None: no labels
-    test_fraction: float = 0.1       # folder, npy, csv: share held out as the test set (fixed seed)
+    source: str = option("mnist", "mnist, fashion-mnist, digits (bundled 8x8 digits, no download), or your files: "
+                         "folder, npy, csv (with --path); see `vaekit list`", flag="--data")
+    pixels: str = option("grey", "grey in [0, 1], dynamic (a new Bernoulli draw every batch) or static (one draw)")
+    val_size: int | None = option(None, "validation examples carved from the training set (0: none)",
+                                  default_text="10% of the training set, at most 5000")
+    data_dir: str | None = option(None, "dataset cache", default_text="$VAEKIT_DATA, else ~/.cache/vaekit")
+    limit: int | None = option(None, "train on the first N training examples only", metavar="N")
+    path: str | None = option(None, "folder, npy, csv: the folder of images, the .npy/.npz file or the .csv file")
+    image_size: int | None = option(None, "folder: resize every image to N x N", metavar="N")
+    label_column: str | None = option(None, "csv: the column of class labels (not a feature)", metavar="NAME")
+    test_fraction: float = option(0.1, "folder, npy, csv: share held out as the test set (fixed seed)")
 
     def __post_init__(self):
-        _check_choice("pixels", self.pixels, PIXEL_MODES)
-        _check_positive("val_size", self.val_size, allow_zero=True)
-        if self.limit is not None:
-            _check_positive("limit", self.limit)
+        _check_choice(DataConfig, self, "pixels", PIXEL_MODES)
+        _check_positive(DataConfig, self, "val_size", allow_zero=True, optional=True)
+        _check_positive(DataConfig, self, "limit", optional=True)
+        _check_positive(DataConfig, self, "image_size", optional=True)
         if self.path is not None:
             if not str(self.path).strip():
-                raise ConfigError("path='' is impossible: give the file or folder to read")
-            object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(str(self.path))))
-        if self.image_size is not None:
-            _check_positive("image_size", self.image_size)
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"test_fraction={self.test_fraction!r} is impossible: it must be between 0 and 1 (e.g. 0.1)")
+                raise impossible(DataConfig, "path", self.path, "give the file or folder to read")
+            # stored absolute, so eval / sample / plot of the run find the file from any folder
+            object.__setattr__(self, "path", str(Path(str(self.path)).expanduser().absolute()))
+        if not isinstance(self.test_fraction, (int, float)) or not 0 < self.test_fraction < 1:
+            raise impossible(DataConfig, "test_fraction", self.test_fraction, "it must be between 0 and 1 (e.g. 0.1)")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    loss: str = "elbo"               # a key of vaekit.objectives.LOSSES
-    beta: float = 1.0                # weight of the KL term (1 = the ELBO)
-    kl_warmup_epochs: float = 0.0    # KL weight rises linearly from 0 to beta over this many epochs
-    capacity: float = 25.0           # loss 'capacity': C_max in nats, reached after capacity_epochs
-    capacity_epochs: float = 10.0
-    gamma: float = 1000.0            # loss 'capacity': weight of |KL - C|
-    commitment: float = 0.25         # loss 'vq': weight of the commitment term ||z_e - sg(e)||^2
-    prior_epochs: int = 10           # vqvae: epochs of the autoregressive code prior, fitted after training
-    mc_samples: int = 1              # samples of z per example: L for elbo, k for iwae
-    kl: str = "analytic"             # closed form, or Monte Carlo log q(z|x) - log p(z)
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    schedule: str = "joint"          # joint: encoder and decoder every step; alternating: e_steps, then m_steps
-    e_steps: int = 1                 # alternating: optimiser steps on the encoder (E-step) per round
-    m_steps: int = 1                 # alternating: optimiser steps on the decoder (M-step) per round
-    adam_eps: float = 1e-8
-    max_minutes: float | None = None  # stop after the epoch in which this much training time has passed
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"          # bf16 autocast for the matmuls (auto: where the CPU/GPU has bf16 units); weights and sums stay fp32
+    loss: str | None = option(None, "elbo (beta-VAE with --beta), iwae, capacity, vq or ae; see `vaekit list`",
+                              default_text="the model's own: elbo for vae and cvae, ae for ae, vq for vqvae")
+    beta: float = option(1.0, "elbo: weight of the KL term (1 = the ELBO)")
+    kl_warmup_epochs: float = option(0.0, "elbo: the KL weight rises linearly from 0 to beta over this many epochs")
+    capacity: float = option(25.0, "loss capacity: C_max, the target KL in nats")
+    capacity_epochs: float = option(10.0, "loss capacity: epochs for C to rise from 0 to C_max")
+    gamma: float = option(1000.0, "loss capacity: weight of |KL - C|")
+    commitment: float = option(0.25, "loss vq: weight of the commitment term ||z_e - sg(e)||^2")
+    prior_epochs: int = option(10, "vqvae: epochs of the autoregressive code prior fitted after training")
+    mc_samples: int = option(1, "samples of z per example: L for elbo, k for iwae", flag="--mc-samples",
+                             aliases=("-L", "--k"))
+    kl: str = option("auto", "KL estimator: analytic (closed form), mc (log q(z|x) - log p(z) on the same samples) "
+                     "or auto (closed form where the prior has one)")
+    epochs: int = option(10, "total epochs")
+    batch_size: int = option(128, "examples per optimiser step")
+    lr: float = option(1e-3, "Adam learning rate")
+    lr_schedule: str = option("constant", "constant, or iwae (3^i epochs at lr * 10^(-i/7), i = 0..7)")
+    schedule: str = option("joint", "joint, or alternating (variational EM: E-steps on the encoder, M-steps on the decoder)")
+    e_steps: int = option(1, "alternating: encoder steps (E-step) per round")
+    m_steps: int = option(1, "alternating: decoder steps (M-step) per round")
+    adam_eps: float = option(1e-8, "Adam epsilon (the IWAE paper: 1e-4)")
+    max_minutes: float | None = option(None, "stop after the epoch in which this invocation has trained this long "
+                                       "(a budget per invocation; --resume may change it)")
+    early_stop: int | None = option(None, "stop after N epochs without a better validation loss", metavar="N")
+    seed: int = option(0, "seed of the weights, the shuffling and the binarisation")
+    device: str = option("auto", "auto, cpu or cuda")
+    precision: str = option("auto", "auto (bf16 autocast where this machine runs it faster; measured once and cached), "
+                            "fp32 or bf16; weights and sums stay fp32")
 
     def __post_init__(self):
-        _check_positive("beta", self.beta, allow_zero=True)
-        _check_positive("mc_samples", self.mc_samples)
-        _check_positive("prior_epochs", self.prior_epochs, allow_zero=True)
-        for name in ("kl_warmup_epochs", "capacity", "capacity_epochs", "gamma", "commitment"):
-            _check_positive(name, getattr(self, name), allow_zero=True)
-        _check_choice("kl", self.kl, KL_MODES)
-        _check_positive("epochs", self.epochs, allow_zero=True)
-        _check_positive("batch_size", self.batch_size)
-        _check_positive("lr", self.lr)
-        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_positive("e_steps", self.e_steps)
-        _check_positive("m_steps", self.m_steps)
-        _check_positive("adam_eps", self.adam_eps)
-        if self.max_minutes is not None:
-            _check_positive("max_minutes", self.max_minutes)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("precision", self.precision, PRECISIONS)
+        for name in ("beta", "kl_warmup_epochs", "capacity", "capacity_epochs", "gamma", "commitment", "prior_epochs", "epochs"):
+            _check_positive(TrainConfig, self, name, allow_zero=True)
+        for name in ("mc_samples", "batch_size", "lr", "e_steps", "m_steps", "adam_eps"):
+            _check_positive(TrainConfig, self, name)
+        _check_positive(TrainConfig, self, "max_minutes", optional=True)
+        _check_positive(TrainConfig, self, "early_stop", optional=True)
+        _check_choice(TrainConfig, self, "kl", KL_MODES)
+        _check_choice(TrainConfig, self, "lr_schedule", LR_SCHEDULES)
+        _check_choice(TrainConfig, self, "schedule", SCHEDULES)
+        _check_choice(TrainConfig, self, "device", DEVICES)
+        _check_choice(TrainConfig, self, "precision", PRECISIONS)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 
 
 @dataclass(frozen=True)
@@ -148,30 +193,30 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        parts = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-        if not isinstance(d, dict) or set(d) - set(parts):
-            raise ConfigError(f"a run config has the sections {', '.join(parts)}; got {sorted(d) if isinstance(d, dict) else type(d).__name__}")
-        return cls(**{k: _build(parts[k], d.get(k, {})) for k in parts})
+    def from_dict(cls, d: dict) -> RunConfig:
+        if not isinstance(d, dict) or set(d) - set(SECTIONS):
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ConfigError(f"a run config has the sections {', '.join(SECTIONS)}; got {got}")
+        return cls(**{k: _build(SECTIONS[k], d.get(k, {})) for k in SECTIONS})
 
     def save(self, path: str | Path) -> None:
-        from .checkpoint import atomic_write_text  # one atomic-write helper for the project
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> RunConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read config {path}: {e}") from None
 
 
 def _build(kind, values: dict):
+    if not isinstance(values, dict):
+        raise ConfigError(f"the {kind.__name__} section must be a JSON object of fields; got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(kind)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"unknown {kind.__name__} field(s): {', '.join(sorted(unknown))}")
+    unknown_names = set(values) - names
+    if unknown_names:
+        raise ConfigError(f"unknown {kind.__name__} field(s): {', '.join(sorted(unknown_names))}")
     try:
         return kind(**values)
     except TypeError as e:

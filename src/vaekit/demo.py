@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
-from .data import load_data
+from .data import data_root, load_data
 from .errors import DataError
 from .evaluate import evaluate
+from .files import atomic_write_text
 from .images import image_grid, save_png
 from .presets import get_preset
 from .report import write_report
@@ -24,7 +25,7 @@ DEMO_PRESETS = {"mnist": "pytorch-examples", "digits": "digits"}
 
 
 def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, source: str | None = None,
-             data_dir: str | None = None, device: str = "auto", progress: bool = True, log=print) -> dict:
+             data_dir: str | None = None, device: str = "auto", progress: bool | None = None, log=print) -> dict:
     """Train, evaluate, sample, draw the figures and the report; returns the test metrics.
     Falls back to digits if MNIST is unavailable."""
     run_dir = Path(run_dir)
@@ -36,7 +37,8 @@ def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, sourc
     except DataError as e:
         if source != "mnist":
             raise
-        log(f"MNIST is not available ({e}); running the demo on the bundled 8x8 digits instead (--data digits)")
+        log(f"MNIST is not in {data_root(data_dir) / 'mnist'} and could not be downloaded; the demo runs on the "
+            "bundled 8x8 digits instead")
         source, config = "digits", get_preset(DEMO_PRESETS["digits"])
         data_cfg = config.data
         data = load_data(data_cfg)
@@ -46,13 +48,13 @@ def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, sourc
     model = result.model
     test = data.test.to(model.device)
     torch.manual_seed(0)  # z is sampled: seed 0, as `vaekit eval` and the report use, so the numbers agree
-    metrics = {"data": source, **evaluate(model, test, train_cfg)}
+    metrics = {"data": source, **evaluate(model, test, result.config.train)}
     torch.manual_seed(0)
     save_png(image_grid(model.generate(64)), run_dir / "samples.png", scale=2)
     pairs = torch.cat([test.x[:16], model.reconstruct(test.x[:16])])
     save_png(image_grid(pairs, nrow=16), run_dir / "reconstructions.png", scale=2)
-    (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(run_dir / "test_metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(run_dir, figures_dir=run_dir / "figures", device=device, data_dir=data_dir, log=None)
-    log(f"test negative ELBO {metrics['loss']:.2f} nats/image (recon {metrics['recon']:.2f}, kl {metrics['kl']:.2f}); "
+    log(f"test negative ELBO {metrics['neg_elbo']:.2f} nats/image (recon {metrics['recon']:.2f}, kl {metrics['kl']:.2f}); "
         f"samples.png, reconstructions.png, figures/ and report.html written to {run_dir}")
     return metrics

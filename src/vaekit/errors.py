@@ -1,12 +1,17 @@
 """One exception type for every user-facing failure.
 
-The CLI turns a VaekitError into a one-line message and a non-zero exit; anything else
-is a bug and keeps its traceback.
+The CLI turns a VaekitError into a one-line message and a non-zero exit (its `details`, such as
+the mirrors a download tried, follow on more lines with --verbose); anything else is a bug and
+keeps its traceback.
 """
 
 
 class VaekitError(Exception):
-    """A problem the user can fix: bad data, options, or checkpoint. The message says how."""
+    """A problem the user can fix: bad data, options, or checkpoint. The message says how, in one line."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
 
 
 class DataError(VaekitError):

@@ -13,29 +13,34 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_model
+from .config import TrainConfig
 from .data import Dataset, batches, load_data
 from .distributions import DiagonalGaussian
 from .errors import ConfigError
 from .graph_rewrites import compile_for_evaluation
-from .objectives import get_loss, log_weights_at, posterior
+from .objectives import LossContext, get_loss, log_weights_at, posterior
 from .runtime import autocast, resolve_device
-from .vq import codebook_usage
 
 
 @torch.no_grad()
-def evaluate(model, ds: Dataset, train_cfg, batch_size: int = 1000) -> dict[str, float]:
-    """Mean of the training loss terms over `ds` (z sampled, as in training), in nats/example."""
-    loss_fn = get_loss(train_cfg.loss)
+def evaluate(model, ds: Dataset, train_cfg: TrainConfig, batch_size: int = 1000, epoch: float = math.inf,
+             precision: str | None = None, dataset_size: int = 0) -> dict[str, float]:
+    """Mean of the training loss terms over `ds` (z sampled, as in training), in nats/example: 'loss' is the
+    objective at the schedule's weight after `epoch` epochs (inf: the end of every schedule), 'neg_elbo' the
+    plain -ELBO, recon + KL, whatever the weights."""
+    loss_fn = get_loss(train_cfg.loss, model)
+    ctx = LossContext(train_cfg, epoch, dataset_size)
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
     for xb, yb in batches(ds, batch_size):
-        with autocast(xb.device, train_cfg.precision):
-            terms = loss_fn(model.given(yb), xb, train_cfg)
+        with autocast(xb.device, precision or train_cfg.precision):
+            terms = loss_fn(model.given(yb), xb, ctx)
         for k, v in terms.items():
             totals[k] = totals.get(k, 0.0) + v.double().sum().item()
     model.train(was_training)
-    return {k: v / len(ds) for k, v in totals.items()}
+    means = {k: v / len(ds) for k, v in totals.items()}
+    return {**means, "neg_elbo": means["recon"] + means["kl"]}
 
 
 @torch.no_grad()
@@ -60,7 +65,11 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
         raise ConfigError("there are no examples to estimate log p(x) on")
     chunk = min(k, chunk_size or max_rows)
     batch_size = batch_size or max(1, max_rows // chunk)
-    log_w_fn = _compiled_log_w() if (len(ds) * k >= 10**7 if compile is None else compile) else _log_w
+    if chunk_size is not None and chunk_size < 1:
+        raise ConfigError(f"--chunk-size {chunk_size} is impossible: hold at least one sample per image at a time")
+    log_w_fn = _log_w_function(len(ds) * k >= 10**7 if compile is None else compile, model, ds, precision,
+                               min(batch_size, len(ds)), chunk)
+    prior = model.prior()
     was_training, t0 = model.training, time.perf_counter()
     model.eval()
     # Results go into tensors allocated up front: small tensors kept from each batch would sit between
@@ -75,23 +84,19 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
             q = posterior(bound, xb)
         lse = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=xb.device)
         sum_log_px_z = torch.zeros(len(xb), dtype=torch.float64, device=xb.device)
+        sum_log_w = torch.zeros(len(xb), dtype=torch.float64, device=xb.device)
         for start in range(0, k, chunk):
             with autocast(xb.device, precision):
                 # eps drawn eagerly: torch.randn is 6x faster than the generator torch.compile inlines
                 eps = torch.randn((min(chunk, k - start), *q.mu.shape), device=xb.device)   # (chunk, B, D)
-                try:
-                    log_w, log_px_z = log_w_fn(bound, q.mu, q.logvar, xb, eps)   # (chunk, B) each
-                except Exception as e:  # no C++ compiler, unsupported backend...: same numbers, eager speed
-                    if log_w_fn is _log_w:
-                        raise
-                    warnings.warn(f"torch.compile failed ({type(e).__name__}); estimating log p(x) without it")
-                    log_w_fn = _log_w
-                    log_w, log_px_z = log_w_fn(bound, q.mu, q.logvar, xb, eps)
+                log_w, log_px_z = log_w_fn(bound, q.mu, q.logvar, xb, eps)   # (chunk, B) each
             lse = torch.logaddexp(lse, torch.logsumexp(log_w.double(), dim=0))
             sum_log_px_z += log_px_z.double().sum(0)
+            sum_log_w += log_w.double().sum(0)
         log_px[rows] = lse - math.log(k)
         recon[rows] = -sum_log_px_z / k
-        kl[rows] = q.kl().double()
+        closed = prior.kl(q)   # else the Monte Carlo KL from the same samples: log q - log p = log p(x|z) - log w
+        kl[rows] = closed.double() if closed is not None else (sum_log_px_z - sum_log_w) / k
         mu[rows] = q.mu.float()
     model.train(was_training)
     nll = -log_px
@@ -109,26 +114,29 @@ def _log_w(model, mu: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor, eps: 
     return log_px_z + log_pz - log_qz, log_px_z
 
 
+def _log_w_function(compiled: bool, model, ds: Dataset, precision: str, batch_size: int, chunk: int):
+    """The compiled log-weight function if asked for and it works here (tried once, before the loop, on the
+    shapes of its first chunk, so the compilation is not wasted), else the eager one: the same numbers."""
+    if not compiled:
+        return _log_w
+    fn = _compiled_log_w()
+    x = ds.x[:batch_size]
+    y = None if ds.y is None else ds.y[:batch_size]
+    try:
+        with autocast(x.device, precision):
+            q = posterior(model.given(y), x)
+            fn(model.given(y), q.mu, q.logvar, x, torch.zeros(chunk, *q.mu.shape, device=x.device))
+    except Exception as e:  # no C++ compiler, unsupported backend...: same numbers, eager speed
+        warnings.warn(f"torch.compile failed ({type(e).__name__}); estimating log p(x) without it", stacklevel=2)
+        return _log_w
+    return fn
+
+
 @functools.cache
 def _compiled_log_w():
     # Model weights are graph inputs, not constants: the compiled function follows later updates.
     # (Freezing them into constants measured no faster here: 135 vs 140 s for k=5,000 x 10,000.)
     return compile_for_evaluation(_log_w)
-
-
-@torch.no_grad()
-def code_report(model, ds: Dataset, batch_size: int = 1000) -> dict[str, float]:
-    """A VQ-VAE on `ds`: codebook usage (perplexity, dead codes) and the bound
-    -log p(x) <= -log p(x|z_q) - log p(codes) (the ELBO with a one-hot q), in nats per example."""
-    indices = model.code_indices(ds, batch_size)
-    was_training = model.training
-    model.eval()
-    recon = torch.cat([-model.decode(model.quantiser.lookup(i).flatten(-2)).log_prob(xb).double()
-                       for (xb, _), i in zip(batches(ds, batch_size), indices.split(batch_size))])
-    prior_nll = torch.cat([-model.code_prior.log_prob(i).double() for i in indices.split(batch_size)])
-    model.train(was_training)
-    return {**codebook_usage(indices, model.config.codebook_size), "recon": recon.mean().item(),
-            "prior_nll": prior_nll.mean().item(), "nll_bound": (recon + prior_nll).mean().item()}
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
@@ -138,16 +146,15 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
 
 def evaluate_run(run_dir: str | Path, split: str = "test", mc_samples: int | None = None, device: str = "auto",
                  data_dir: str | None = None, seed: int = 0, nll_k: int | None = None, chunk_size: int | None = None,
-                 precision: str | None = None) -> dict:
+                 precision: str | None = None, checkpoint: str = "last") -> dict:
     """`vaekit eval RUN`: the training loss terms on the test (or validation) split and, with
     nll_k, the importance-sampled negative log-likelihood with that many samples. `precision`
     defaults to the training precision for the loss terms and to auto for the NLL."""
     dev = resolve_device(device)
-    model, config, epoch = load_model(run_dir, dev)
+    model, config, epoch = load_model(run_dir, dev, checkpoint)
     if nll_k is not None and not model.stochastic:
-        bound = " (a vqvae's eval reports `codes.nll_bound`, which bounds it)" if model.discrete else ""
         raise ConfigError(f"--nll-k estimates log p(x) by importance sampling from q(z|x); model {config.model.model!r} "
-                          f"has no stochastic encoder{bound}; use it on a vae or cvae run")
+                          f"has no stochastic encoder{model.nll_hint}; use it on a vae or cvae run")
     data_cfg = config.data if data_dir is None else dataclasses.replace(config.data, data_dir=data_dir)
     if split not in ("test", "val"):
         raise ConfigError(f"split {split!r} is unknown; use test or val")
@@ -158,11 +165,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", mc_samples: int | Non
     train_cfg = dataclasses.replace(config.train, **{k: v for k, v in (("mc_samples", mc_samples), ("precision", precision)) if v is not None})
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    result = {"run": str(run_dir), "split": split, "epoch": epoch, "n": len(ds), "model": config.model.model,
-              "loss_name": train_cfg.loss, "mc_samples": train_cfg.mc_samples, **evaluate(model, ds, train_cfg),
-              "seconds": time.perf_counter() - t0}
-    if model.discrete:
-        result["codes"] = code_report(model, ds)
+    terms = evaluate(model, ds, train_cfg)
+    result = {"run": str(run_dir), "checkpoint": checkpoint, "split": split, "epoch": epoch, "n": len(ds),
+              "model": config.model.model, "loss_name": train_cfg.loss, "mc_samples": train_cfg.mc_samples,
+              "objective": terms.pop("loss"), **terms, "seconds": time.perf_counter() - t0,
+              **model.evaluation_extras(ds)}
     if nll_k is not None:
         torch.manual_seed(seed)
         # bf16 where it is faster whatever the training precision: it moves the NLL by < 0.01 nats

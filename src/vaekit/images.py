@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import atomic_write_bytes
+from .files import atomic_write_bytes
 
 
 def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:

@@ -11,6 +11,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from .config import ModelConfig, unknown
 from .distributions import Bernoulli, DiagonalGaussian, DiscretisedLogistic
 
 MIN_LOGVAR = math.log(1e-2**2)  # floor for learned variances: a pixel that is always 0 would drive sigma -> 0
@@ -35,6 +36,7 @@ class GaussianHead(nn.Module):
 
     params_per_feature = 1
     support = None        # any real data
+    reads = ("obs_std",)
 
     def __init__(self, cfg, learned: bool = False):
         super().__init__()
@@ -78,3 +80,12 @@ LIKELIHOODS = {
     "gaussian-learned": partial(GaussianHead, learned=True),
     "discretised-logistic": DiscretisedLogisticHead,
 }
+
+DEFAULT = "bernoulli"   # ModelConfig.likelihood None with no data to choose from (vaekit.resolve chooses from the data)
+
+
+def get_likelihood(name: str | None):
+    try:
+        return LIKELIHOODS[name or DEFAULT]
+    except KeyError:
+        raise unknown(ModelConfig, "likelihood", name, LIKELIHOODS) from None

@@ -10,35 +10,62 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, TrainConfig, unknown
+from .data import Dataset, batches
 from .distributions import DiagonalGaussian, PointMass
 from .errors import ConfigError
-from .likelihoods import LIKELIHOODS
+from .likelihoods import get_likelihood
 from .nets import ARCHITECTURES, grid_size
-from .vq import CodePrior, Quantised, VectorQuantiser, fit_code_prior
+from .priors import build_prior
+from .vq import CodePrior, Quantised, VectorQuantiser, codebook_usage, fit_code_prior
 
 
 class LatentModel(nn.Module):
     """Shared body: an encoder x -> (encoder_outputs * latent_dim) and a decoder z -> p(x|z), both built by
-    the config's architecture (vaekit.nets.ARCHITECTURES)."""
+    the config's architecture (vaekit.nets.ARCHITECTURES), and a prior p(z) from vaekit.priors.PRIORS.
+
+    What is special about a model lives here, in hooks that do nothing by default and that the
+    training loop, the evaluation and the figures call without asking which model it is:
+    validation_extras (numbers logged each epoch), after_training (a fit once the weights are
+    final), evaluation_extras (numbers `vaekit eval` adds)."""
 
     encoder_outputs = 1  # numbers per latent dimension the encoder emits
     default_loss = "ae"
     conditional = False  # True: encoder and decoder take the label y too (bind it with given(y))
     stochastic = False   # True: encode(x) is a density q(z|x) (the ELBO, IWAE and log p(x) estimates apply)
     discrete = False     # True: z is codebook entries with a fitted prior over their indices (the VQ-VAE)
+    reads = ("prior",)   # the ModelConfig / TrainConfig fields only some models read (vaekit.resolve refuses the rest)
+    nll_hint = ""        # why --nll-k does not apply, for a model that is not stochastic
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.likelihood not in LIKELIHOODS:
-            raise ConfigError(f"likelihood {config.likelihood!r} is unknown; choose one of {', '.join(LIKELIHOODS)}")
         if config.arch not in ARCHITECTURES:
-            raise ConfigError(f"architecture {config.arch!r} is unknown; choose one of {', '.join(ARCHITECTURES)}")
+            raise unknown(ModelConfig, "arch", config.arch, ARCHITECTURES)
         self.config = config
-        self.likelihood = LIKELIHOODS[config.likelihood](config)
+        self.likelihood = get_likelihood(config.likelihood)(config)
         self.encoder, self.decoder = ARCHITECTURES[config.arch](
             config, self.encoder_size, self.likelihood.params_per_feature,
             z_size=self.z_size, cond_dim=config.num_classes if self.conditional else 0, grid_dim=self.grid_dim)
+        self.latent_prior = self.build_prior(config)
+
+    def build_prior(self, config: ModelConfig) -> nn.Module | None:
+        return build_prior(config)
+
+    # ---- hooks: nothing by default
+    def validation_extras(self, val: Dataset) -> dict[str, float]:
+        """Numbers to log each epoch beside the validation loss (as val_NAME in metrics.jsonl)."""
+        return {}
+
+    def after_training(self, train: Dataset, cfg: TrainConfig, log=print) -> bool:
+        """Work once the weights are final (this call trained); True if it changed what must be saved."""
+        return False
+
+    def evaluation_extras(self, ds: Dataset) -> dict:
+        """Numbers `vaekit eval` reports besides the loss terms."""
+        return {}
+
+    def describe_latent(self) -> str:
+        return f"latent_dim={self.config.latent_dim}"
 
     grid_dim = 0  # > 0: a conv encoder/decoder with grid_dim numbers per position of the last feature map (VQ-VAE)
 
@@ -61,9 +88,9 @@ class LatentModel(nn.Module):
         an unconditional model ignores y."""
         return self
 
-    def prior(self, device=None) -> DiagonalGaussian:
-        """p(z) = N(0, I)."""
-        return DiagonalGaussian.standard((self.config.latent_dim,), device=device)
+    def prior(self):
+        """p(z): the config's entry of vaekit.priors.PRIORS."""
+        return self.latent_prior
 
     def decode(self, z: torch.Tensor):
         """z (..., D) -> p(x|z) over (..., C, H, W)."""
@@ -75,8 +102,8 @@ class LatentModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, n: int, temperature: float = 1.0) -> torch.Tensor:
-        """Decode z ~ N(0, temperature^2 I): (n, C, H, W), the mean of p(x|z) in [0, 1]."""
-        z = self.prior(self.device).sample(n, temperature)
+        """Decode z ~ p(z) (temperature scales its spread): (n, C, H, W), the mean of p(x|z) in [0, 1]."""
+        z = self.prior().sample(n, temperature)
         return self.decode(z).mean.clamp(0, 1)
 
     @torch.no_grad()
@@ -140,7 +167,7 @@ class AutoEncoder(LatentModel):
 
 
 class VAE(LatentModel):
-    """q(z|x) = N(mu(x), diag(exp(logvar(x)))), p(z) = N(0, I) (Kingma & Welling 2014)."""
+    """q(z|x) = N(mu(x), diag(exp(logvar(x)))), p(z) from the prior registry, N(0, I) by default (Kingma & Welling 2014)."""
 
     encoder_outputs = 2
     stochastic = True
@@ -152,7 +179,7 @@ class VAE(LatentModel):
 
 
 class ConditionalVAE(VAE):
-    """Conditional VAE (Sohn et al. 2015): q(z|x, y), p(x|z, y), p(z) = N(0, I); the one-hot label
+    """Conditional VAE (Sohn et al. 2015): q(z|x, y), p(x|z, y), p(z); the one-hot label
     joins the encoder's features and z. `vaekit sample RUN --label 7` draws that class."""
 
     conditional = True
@@ -201,11 +228,19 @@ class VQVAE(LatentModel):
 
     default_loss = "vq"
     discrete = True
+    reads = ("codebook_size", "code_dim", "codebook_ema", "prior_epochs")
+    nll_hint = " (a vqvae's eval reports `codes.nll_bound`, which bounds it)"
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.quantiser = VectorQuantiser(config.codebook_size, config.code_dim, ema=config.codebook_ema)
         self.code_prior = CodePrior(config.codebook_size, self.code_positions)
+
+    def build_prior(self, config: ModelConfig) -> None:
+        return None  # p(z) is the code prior over indices, fitted after training (prior() below)
+
+    def describe_latent(self) -> str:
+        return f"{self.code_positions} codes of {self.config.code_dim}"
 
     @property
     def grid_dim(self) -> int:
@@ -237,26 +272,62 @@ class VQVAE(LatentModel):
         return CodeSampler(self)
 
     @torch.no_grad()
-    def code_indices(self, ds, batch_size: int = 1000) -> torch.Tensor:
+    def code_indices(self, ds: Dataset, batch_size: int = 1000) -> torch.Tensor:
         """The code indices of every example of a Dataset, (N, code_positions), in eval mode."""
-        from .data import batches
-
         was_training = self.training
         self.eval()
         indices = torch.cat([self.encode(xb).indices for xb, _ in batches(ds, batch_size)])
         self.train(was_training)
         return indices
 
-    def fit_prior(self, train, epochs: int, log=print) -> list[float]:
+    def fit_prior(self, train: Dataset, epochs: int, log=print) -> list[float]:
         """Fit the code prior to the training set's code indices (maximum likelihood)."""
         return fit_code_prior(self.code_prior, self.code_indices(train), epochs, log=log)
+
+    def validation_extras(self, val: Dataset) -> dict[str, float]:
+        """How much of its codebook the validation set uses: perplexity and dead codes."""
+        usage = codebook_usage(self.code_indices(val), self.config.codebook_size)
+        return {"perplexity": usage["perplexity"], "dead_codes": usage["dead_codes"]}
+
+    def after_training(self, train: Dataset, cfg: TrainConfig, log=print) -> bool:
+        """The autoregressive prior over code indices, fitted once the codes are final."""
+        if not cfg.prior_epochs:
+            return False
+        self.fit_prior(train, cfg.prior_epochs, log=log)
+        return True
+
+    def evaluation_extras(self, ds: Dataset) -> dict:
+        return {"codes": self.code_report(ds)}
+
+    @torch.no_grad()
+    def code_report(self, ds: Dataset, batch_size: int = 1000) -> dict[str, float]:
+        """Codebook usage on `ds` (perplexity, dead codes) and the bound -log p(x) <= -log p(x|z_q) - log p(codes)
+        (the ELBO with a one-hot q), in nats per example."""
+        indices = self.code_indices(ds, batch_size)
+        was_training = self.training
+        self.eval()
+        recon = torch.cat([-self.decode(self.quantiser.lookup(i).flatten(-2)).log_prob(xb).double()
+                           for (xb, _), i in zip(batches(ds, batch_size), indices.split(batch_size), strict=True)])
+        prior_nll = torch.cat([-self.code_prior.log_prob(i).double() for i in indices.split(batch_size)])
+        self.train(was_training)
+        return {**codebook_usage(indices, self.config.codebook_size), "recon": recon.mean().item(),
+                "prior_nll": prior_nll.mean().item(), "nll_bound": (recon + prior_nll).mean().item()}
 
 
 class CodeSampler:
     """p(z) of a VQ-VAE, as generation uses it: code indices from the prior, looked up in the codebook."""
 
+    name = "codes from the fitted autoregressive prior"
+    unit_sd = None
+
     def __init__(self, model: VQVAE):
         self.model = model
+
+    def kl(self, q) -> None:
+        return None
+
+    def kl_per_dim(self, q) -> None:
+        return None
 
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         return self.model.quantiser.lookup(self.model.code_prior.sample(n, temperature)).flatten(-2)
@@ -270,8 +341,12 @@ MODELS = {
 }
 
 
-def build_model(config: ModelConfig) -> LatentModel:
+def model_class(name: str) -> type[LatentModel]:
     try:
-        return MODELS[config.model](config)
+        return MODELS[name]
     except KeyError:
-        raise ConfigError(f"model {config.model!r} is unknown; choose one of {', '.join(MODELS)}") from None
+        raise unknown(ModelConfig, "model", name, MODELS) from None
+
+
+def build_model(config: ModelConfig) -> LatentModel:
+    return model_class(config.model)(config)

@@ -176,6 +176,9 @@ def conv_bodies(config, code_size: int, params_per_feature: int, z_size: int | N
 
 
 # Encoder/decoder bodies by name: (config, code_size, params_per_feature, z_size, cond_dim, grid_dim) -> (encoder, decoder).
+conv_bodies.reads = ("residual",)   # the ModelConfig fields only this architecture reads
+mlp_bodies.reads = ()
+
 ARCHITECTURES = {
     "mlp": mlp_bodies,
     "conv": conv_bodies,

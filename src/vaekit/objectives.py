@@ -1,65 +1,104 @@
-"""Training objectives. Each returns per-example terms {'loss', 'recon', 'kl'} in nats;
-the caller reduces them once.
+"""Training objectives (the LOSSES registry). Each returns per-example terms {'loss', 'recon', 'kl'} in
+nats; the caller reduces them once.
 
-loss(model, x, cfg, epoch) with x (B, C, H, W), cfg a TrainConfig and epoch the training
-progress in epochs (fractional; math.inf, the default, means the end of every schedule: what
-evaluation uses).
+loss(model, x, ctx) with x (B, C, H, W) and ctx a LossContext: the TrainConfig, the training
+progress in epochs and the training set's size. A loss names the TrainConfig fields it reads
+(`@reads`), so an option that no chosen component reads is refused instead of silently ignored.
+A new loss, even one that needs N (e.g. the beta-TC decomposition), is a function and a registry line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 
+from .config import TrainConfig, field_ref, unknown
 from .distributions import DiagonalGaussian
 from .errors import ConfigError
 from .vq import Quantised
 
 
-def elbo(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.Tensor]:
-    """Negative ELBO: -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)); beta != 1 is the beta-VAE
-    (Higgins et al. 2017), and cfg.kl_warmup_epochs ramps the KL weight up from 0 (Bowman et al. 2016).
+@dataclass(frozen=True)
+class LossContext:
+    """What a loss may need besides the model and the batch."""
 
-    E_q is estimated with L = cfg.mc_samples reparameterised samples (Kingma & Welling
-    2014, eq. 7); the KL is closed form (cfg.kl == 'analytic') or the Monte Carlo
-    estimate log q(z|x) - log p(z) on the same samples.
+    train: TrainConfig
+    epoch: float = math.inf     # training progress in epochs (fractional); inf: the end of every schedule (evaluation)
+    dataset_size: int = 0       # N, the examples in the training set (0: unknown)
+
+
+def reads(*fields: str):
+    """Mark the TrainConfig fields a loss reads."""
+    def mark(fn):
+        fn.reads = fields
+        return fn
+    return mark
+
+
+@reads("beta", "kl_warmup_epochs", "mc_samples", "kl")
+def elbo(model, x: torch.Tensor, ctx: LossContext) -> dict[str, torch.Tensor]:
+    """Negative ELBO: -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)); beta != 1 is the beta-VAE
+    (Higgins et al. 2017), and kl_warmup_epochs ramps the KL weight up from 0 (Bowman et al. 2016).
+
+    E_q is estimated with L = mc_samples reparameterised samples (Kingma & Welling 2014, eq. 7);
+    the KL in closed form where the prior has one, else log q(z|x) - log p(z) on the same samples.
     """
+    recon, kl = recon_and_kl(model, x, ctx.train)
+    return {"loss": recon + kl_weight(ctx.train, ctx.epoch) * kl, "recon": recon, "kl": kl}
+
+
+def recon_and_kl(model, x: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """-E_q[log p(x|z)] over mc_samples samples and KL(q(z|x) || p(z)), each (B,)."""
     q = posterior(model, x)
     log_px_z, log_pz, log_qz = log_weights(model, q, x, cfg.mc_samples)
-    recon = -log_px_z.mean(0)
-    kl = q.kl() if cfg.kl == "analytic" else (log_qz - log_pz).mean(0)
-    return {"loss": recon + kl_weight(cfg, epoch) * kl, "recon": recon, "kl": kl}
+    return -log_px_z.mean(0), kl_divergence(model, q, log_qz - log_pz, cfg.kl)
 
 
-def kl_weight(cfg, epoch: float) -> float:
+def kl_divergence(model, q, log_ratio: torch.Tensor, mode: str) -> torch.Tensor:
+    """KL(q(z|x) || p(z)), (B,): the prior's closed form (mode analytic or auto, where it has one), else
+    the Monte Carlo mean of log q(z|x) - log p(z) over the samples (log_ratio (L, B))."""
+    if mode != "mc":
+        closed = model.prior().kl(q)
+        if closed is not None:
+            return closed
+        if mode == "analytic":
+            raise ConfigError(f"the prior {model.prior().name} has no closed-form KL with this posterior "
+                              f"({field_ref(TrainConfig, 'kl')}); use --kl auto or mc")
+    return log_ratio.mean(0)
+
+
+def kl_weight(cfg: TrainConfig, epoch: float) -> float:
     """beta, scaled by min(1, epoch / kl_warmup_epochs) during the warm-up."""
     if cfg.kl_warmup_epochs <= 0:
         return cfg.beta
     return cfg.beta * min(1.0, epoch / cfg.kl_warmup_epochs)
 
 
-def capacity(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.Tensor]:
+@reads("capacity", "capacity_epochs", "gamma", "mc_samples", "kl")
+def capacity(model, x: torch.Tensor, ctx: LossContext) -> dict[str, torch.Tensor]:
     """Controlled-capacity beta-VAE (Burgess et al. 2018, eq. 8): -E_q[log p(x|z)] + gamma * |KL - C|,
-    C rising linearly from 0 to cfg.capacity nats over cfg.capacity_epochs."""
-    terms = elbo(model, x, dataclasses.replace(cfg, beta=0.0, kl_warmup_epochs=0.0), epoch)
-    c = cfg.capacity * min(1.0, epoch / cfg.capacity_epochs) if cfg.capacity_epochs > 0 else cfg.capacity
-    return {**terms, "loss": terms["recon"] + cfg.gamma * (terms["kl"] - c).abs()}
+    C rising linearly from 0 to capacity nats over capacity_epochs."""
+    cfg = ctx.train
+    recon, kl = recon_and_kl(model, x, cfg)
+    c = cfg.capacity * min(1.0, ctx.epoch / cfg.capacity_epochs) if cfg.capacity_epochs > 0 else cfg.capacity
+    return {"loss": recon + cfg.gamma * (kl - c).abs(), "recon": recon, "kl": kl}
 
 
-def iwae(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.Tensor]:
-    """Negative importance-weighted bound (Burda et al. 2016, eq. 8) with k = cfg.mc_samples:
+@reads("mc_samples")
+def iwae(model, x: torch.Tensor, ctx: LossContext) -> dict[str, torch.Tensor]:
+    """Negative importance-weighted bound (Burda et al. 2016, eq. 8) with k = mc_samples:
 
         -log (1/k) sum_i p(x, z_i) / q(z_i|x),  z_i ~ q(z|x).
 
     k = 1 is the ELBO with a Monte Carlo KL. 'recon' and 'kl' are the sample averages of
     -log p(x|z) and log q(z|x) - log p(z), reported for comparison; loss <= recon + kl.
     """
-    if cfg.beta != 1.0:
-        raise ConfigError(f"loss 'iwae' is a bound on log p(x) and takes no beta (got {cfg.beta}); drop --beta")
-    log_px_z, log_pz, log_qz = log_weights(model, posterior(model, x), x, cfg.mc_samples)
-    bound = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(cfg.mc_samples)
+    k = ctx.train.mc_samples
+    log_px_z, log_pz, log_qz = log_weights(model, posterior(model, x), x, k)
+    bound = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(k)
     return {"loss": -bound, "recon": -log_px_z.mean(0), "kl": (log_qz - log_pz).mean(0)}
 
 
@@ -78,16 +117,18 @@ def log_weights(model, q: DiagonalGaussian, x: torch.Tensor, k: int):
 
 def log_weights_at(model, q: DiagonalGaussian, x: torch.Tensor, z: torch.Tensor):
     """log p(x|z), log p(z), log q(z|x) at given samples z (k, B, D): each (k, B)."""
-    return model.decode(z).log_prob(x), model.prior(x.device).log_prob(z), q.log_prob(z)
+    return model.decode(z).log_prob(x), model.prior().log_prob(z), q.log_prob(z)
 
 
-def ae_loss(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.Tensor]:
+@reads()
+def ae_loss(model, x: torch.Tensor, ctx: LossContext) -> dict[str, torch.Tensor]:
     """Auto-encoder: -log p(x | z = mode of the code) (BCE or squared error), no KL."""
     recon = -model.decode(model.encode(x).mode).log_prob(x)
     return {"loss": recon, "recon": recon, "kl": torch.zeros_like(recon)}
 
 
-def vq(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.Tensor]:
+@reads("commitment")
+def vq(model, x: torch.Tensor, ctx: LossContext) -> dict[str, torch.Tensor]:
     """VQ-VAE (van den Oord et al. 2017, eq. 3): -log p(x|z_q) + ||sg(z_e) - e||^2 + commitment *
     ||z_e - sg(e)||^2, summed over the codes (with an EMA codebook the middle term is 0). 'kl' is
     KL(q || uniform prior over codes) = (number of codes) * log K, a constant since q is one-hot."""
@@ -96,7 +137,7 @@ def vq(model, x: torch.Tensor, cfg, epoch: float = math.inf) -> dict[str, torch.
         raise ConfigError(f"loss 'vq' needs a codebook; model {model.config.model!r} has none (use --model vqvae)")
     recon = -model.decode(q.mode).log_prob(x)
     kl = torch.full_like(recon, q.indices.shape[-1] * math.log(model.config.codebook_size))
-    return {"loss": recon + q.codebook_loss + cfg.commitment * q.commitment_loss, "recon": recon, "kl": kl}
+    return {"loss": recon + q.codebook_loss + ctx.train.commitment * q.commitment_loss, "recon": recon, "kl": kl}
 
 
 LOSSES = {
@@ -108,8 +149,15 @@ LOSSES = {
 }
 
 
-def get_loss(name: str):
+def get_loss(name: str | None, model=None):
+    """LOSSES[name]; None: the model's own loss (model.default_loss)."""
+    if name is None and model is not None:
+        name = model.default_loss
     try:
         return LOSSES[name]
     except KeyError:
-        raise ConfigError(f"loss {name!r} is unknown; choose one of {', '.join(LOSSES)}") from None
+        raise unknown(TrainConfig, "loss", name, LOSSES) from None
+
+
+def with_epoch(ctx: LossContext, epoch: float) -> LossContext:
+    return dataclasses.replace(ctx, epoch=epoch)

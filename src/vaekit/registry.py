@@ -5,6 +5,13 @@ from __future__ import annotations
 import functools
 import inspect
 
+from .likelihoods import LIKELIHOODS
+from .models import MODELS
+from .nets import ARCHITECTURES
+from .objectives import LOSSES
+from .priors import PRIORS
+from .sources import SOURCES
+
 
 def describe(entry) -> str:
     """An entry's one-line description: the first paragraph of its docstring (or its `description`,
@@ -19,16 +26,10 @@ def describe(entry) -> str:
 
 def registries() -> dict[str, dict]:
     """Registry name -> the dict that the code looks its entries up in."""
-    from .data import SOURCES
-    from .likelihoods import LIKELIHOODS
-    from .models import MODELS
-    from .nets import ARCHITECTURES
-    from .objectives import LOSSES
-
-    return {"models": MODELS, "losses": LOSSES, "architectures": ARCHITECTURES, "likelihoods": LIKELIHOODS,
-            "data sources": SOURCES}
+    return {"models": MODELS, "losses": LOSSES, "priors": PRIORS, "architectures": ARCHITECTURES,
+            "likelihoods": LIKELIHOODS, "data sources": SOURCES}
 
 
 def list_components() -> list[tuple[str, str, str]]:
-    """(registry, name, description) for every registered model, loss, architecture, likelihood and data source."""
+    """(registry, name, description) for every registered model, loss, prior, architecture, likelihood and data source."""
     return [(kind, name, describe(entry)) for kind, registry in registries().items() for name, entry in registry.items()]

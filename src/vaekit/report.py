@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from .files import atomic_write_bytes, atomic_write_text
 from .errors import ConfigError
 from .plots import KINDS, PlotOptions, open_run, render
 
@@ -35,15 +35,37 @@ def _table(header: list[str], rows: list[list], table_id: str) -> str:
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def metrics_columns(run) -> list[tuple[str, str]]:
+    """(term, heading) of the metrics table: the objective and the reconstruction, and for a model with
+    q(z|x) the KL and the plain -ELBO (which differs from the objective under beta or a schedule)."""
+    columns = [("loss", f"objective ({run.config.train.loss})"), ("recon", "recon -log p(x|z)")]
+    if run.uses_kl:
+        columns += [("kl", "KL"), ("neg_elbo", "-ELBO")]
+    return columns
+
+
 def metrics_rows(run) -> list[list]:
-    """[split, epoch, loss, recon, kl] for the last epoch's train and validation means and the test set."""
-    rows = []
+    """[split, epoch, *terms] for the last epoch's train and validation means and the test set."""
+    rows, columns = [], [k for k, _ in metrics_columns(run)]
     last = run.metrics[-1] if run.metrics else {}
     for split, name in (("train", "train (mean over the last epoch)"), ("val", "validation")):
         if f"{split}_loss" in last:
-            rows.append([name, last["epoch"], *(float(last[f"{split}_{k}"]) for k in ("loss", "recon", "kl"))])
+            values = [last.get(f"{split}_{k}", last[f"{split}_recon"] + last[f"{split}_kl"] if k == "neg_elbo" else None)
+                      for k in columns]
+            rows.append([name, last["epoch"], *(float(v) for v in values)])
     test = run.test_metrics
-    rows.append([f"test ({len(run.test)} images)", run.epoch, *(float(test[k]) for k in ("loss", "recon", "kl"))])
+    rows.append([f"test ({len(run.test)} examples)", run.epoch, *(float(test[k]) for k in columns)])
+    return rows
+
+
+def extras_rows(run) -> list[list]:
+    """[name, value] of the numbers the model adds to its evaluation (a VQ-VAE: codebook use and its bound)."""
+    with run.seeded(0):
+        extras = run.model.evaluation_extras(run.test)
+    rows = []
+    for group, values in extras.items():
+        for k, v in (values.items() if isinstance(values, dict) else [("", values)]):
+            rows.append([f"{group} {k}".strip(), float(v) if isinstance(v, float) else v])
     return rows
 
 
@@ -53,18 +75,24 @@ def report_html(run, figures: list[tuple[str, bytes]], skipped: list[tuple[str, 
     config_rows = [[section, key, str(value)] for section, fields in cfg.items() for key, value in fields.items()]
     seconds = sum(r.get("seconds", 0.0) for r in run.metrics)
     speed = [r["images_per_s"] for r in run.metrics if "images_per_s" in r]
+    precision = run.metrics[-1].get("precision") if run.metrics else None
     timing = (f"{len(run.metrics)} epochs in {seconds:.1f} s of training"
-              + (f", {sum(speed) / len(speed):,.0f} training images/s on average" if speed else "")) if run.metrics else ""
+              + (f", {sum(speed) / len(speed):,.0f} training examples/s on average" if speed else "")
+              + (f", precision {precision}" if precision else "")) if run.metrics else ""
     parts = [
         f"<h1>vaekit run {html.escape(run.name)}</h1>",
         (f'<p class="muted">{html.escape(str(run.dir))}: {html.escape(run.kind)}, latent_dim={run.latent_dim}, '
          f"trained on {html.escape(run.config.data.source)}. {html.escape(timing)}</p>"),
         "<h2>Final metrics</h2>",
-        ('<p class="muted">Negative ELBO (an AE: reconstruction only), reconstruction and KL in nats per image; '
-         "test: z sampled as in training, seed 0, as <code>vaekit eval</code> reports it.</p>"),
-        _table(["split", "epoch", "loss", "recon", "KL"], metrics_rows(run), "metrics"),
-        "<h2>Figures</h2>",
+        ('<p class="muted">In nats per example: the training objective, the reconstruction term'
+         + (", the KL and the plain negative ELBO (reconstruction + KL)" if run.uses_kl else "")
+         + "; test: z sampled as in training, seed 0, as <code>vaekit eval</code> reports it.</p>"),
+        _table(["split", "epoch", *(h for _, h in metrics_columns(run))], metrics_rows(run), "metrics"),
     ]
+    extras = extras_rows(run)
+    if extras:
+        parts += ["<h3>Test set: the model's own numbers</h3>", _table(["", "value"], extras, "extras")]
+    parts.append("<h2>Figures</h2>")
     for kind, png in figures:
         width, height = Image.open(io.BytesIO(png)).size
         data = base64.b64encode(png).decode("ascii")
@@ -81,9 +109,9 @@ def report_html(run, figures: list[tuple[str, bytes]], skipped: list[tuple[str, 
 
 def write_report(run_dir, out: str | Path | None = None, options: PlotOptions | None = None, *,
                  device: str = "cpu", data_dir: str | None = None, figures_dir: str | Path | None = None,
-                 log=print) -> Path:
+                 checkpoint: str = "last", log=print) -> Path:
     """`vaekit report RUN`: write RUN/report.html (or `out`); with figures_dir, also each figure as a PNG there."""
-    run = open_run(run_dir, device, data_dir)
+    run = open_run(run_dir, device, data_dir, checkpoint)
     options = options or PlotOptions()
     out = Path(out) if out else run.dir / "report.html"
     if out.is_dir():

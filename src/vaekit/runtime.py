@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
+import os
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
+from .files import atomic_write_text
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -22,22 +27,64 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cache_dir() -> Path:
+    """Where vaekit keeps what it measured about this machine: $VAEKIT_CACHE, else $XDG_CACHE_HOME/vaekit,
+    else ~/.cache/vaekit."""
+    if os.environ.get("VAEKIT_CACHE"):
+        return Path(os.environ["VAEKIT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaekit"
+
+
+def _machine_key(cpuinfo: str) -> str:
+    """The same CPU model and flags, threads and torch build give the same key."""
+    lines = [line for line in cpuinfo.splitlines() if line.startswith(("model name", "flags"))][:2]
+    text = "\n".join([*lines, torch.__version__, str(torch.get_num_threads())])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @functools.cache
 def _cpu_has_bf16() -> bool:
     """bf16 matrix units that pay: AMX runs bf16 matmuls 2-4x faster than fp32, but some CPUs
     with AVX512-BF16 alone run them at half the fp32 speed (measured: 166 vs 317 GFLOP/s on a
-    2-core Xeon). So where the flags are present, time one product each way (about 30 ms, once)."""
+    2-core Xeon). So where the flags are present, time products each way, once per machine: the
+    answer is cached on disk (cache_dir()/precision.json), so identical runs never differ because
+    the machine happened to be busy when one of them started."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+    if "avx512_bf16" not in cpuinfo and "amx_bf16" not in cpuinfo:
         return False
-    return _seconds_per_matmul(torch.bfloat16) < 0.8 * _seconds_per_matmul(torch.float32)
+    path, key = cache_dir() / "precision.json", _machine_key(cpuinfo)
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    if isinstance(cached.get(key), bool):
+        return cached[key]
+    fast = _bf16_is_faster()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({**cached, key: fast}, indent=1) + "\n")
+    except OSError:
+        pass  # a read-only home: decided again by the next process
+    return fast
 
 
-def _seconds_per_matmul(dtype: torch.dtype, n: int = 512, repeats: int = 5) -> float:
-    a, b = torch.randn(2 * n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def _bf16_is_faster(rounds: int = 5) -> bool:
+    """bf16 at least 1.25x faster than fp32: medians over interleaved rounds, so a neighbour's load hits both."""
+    bf16, fp32 = [], []
+    for _ in range(rounds):
+        bf16.append(_seconds_per_matmul(torch.bfloat16))
+        fp32.append(_seconds_per_matmul(torch.float32))
+    return statistics.median(bf16) < 0.8 * statistics.median(fp32)
+
+
+def _seconds_per_matmul(dtype: torch.dtype, n: int = 512, repeats: int = 3) -> float:
+    g = torch.Generator().manual_seed(0)   # a private generator: timing must not move the run's RNG stream
+    a, b = torch.randn(2 * n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
     a @ b  # warm-up: first-call dispatch and packing
     best = float("inf")
     for _ in range(repeats):

@@ -1,4 +1,4 @@
-"""Generation: z ~ N(0, I) through the decoder, written as an image grid (PNG) or, for a table, as CSV rows."""
+"""Generation: z ~ p(z) through the decoder, written as an image grid (PNG) or, for a table, as CSV rows."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text, load_model
+from .checkpoint import load_model
+from .data import load_data
 from .errors import ConfigError
+from .files import atomic_write_text
 from .images import image_grid, save_png
 from .models import check_label
 from .runtime import resolve_device
@@ -17,19 +19,21 @@ from .runtime import resolve_device
 
 def sample_run(run_dir: str | Path, n: int = 64, out: str | Path | None = None, temperature: float = 1.0,
                seed: int = 0, nrow: int | None = None, scale: int = 2, device: str = "auto",
-               label: int | None = None) -> Path:
-    """`vaekit sample RUN`: decode n draws of z ~ N(0, temperature^2 I). Images: the means of p(x|z)
-    as a PNG grid (default samples.png). A table: the means as CSV rows in the units and columns
-    of its file (default samples.csv; the file is read again for its mean and std). A conditional
-    model draws class `label`, or with none every class in turn (one column per class)."""
+               label: int | None = None, noise: bool | None = None, checkpoint: str = "last", log=print) -> Path:
+    """`vaekit sample RUN`: decode n draws of z ~ p(z) (temperature scales its spread). Images: a PNG grid
+    (default samples.png). A table: CSV rows in the units and columns of its file (default samples.csv;
+    the file is read again for its mean and std). noise: write x ~ p(x|z) rather than the mean of
+    p(x|z) (None: draws for tables, whose means alone are under-dispersed; means for images). A
+    conditional model draws class `label`, or with none every class in turn (one column per class)."""
     if n < 1:
         raise ConfigError(f"-n {n} is impossible: ask for at least one sample")
     if temperature <= 0:
         raise ConfigError(f"--temperature {temperature} is impossible: it must be > 0")
     if out is not None and Path(out).is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as {Path(out) / 'samples.png'}")
-    model, config, _ = load_model(run_dir, resolve_device(device))
+    model, config, _ = load_model(run_dir, resolve_device(device), checkpoint)
     table = len(config.model.input_shape) == 1  # (D,) rows rather than (C, H, W) images
+    noise = table if noise is None else noise
     out = Path(out or ("samples.csv" if table else "samples.png"))
     if table and out.suffix.lower() != ".csv":
         raise ConfigError(f"{run_dir} models table rows of {config.model.input_shape[0]} columns, not images; "
@@ -41,17 +45,18 @@ def sample_run(run_dir: str | Path, n: int = 64, out: str | Path | None = None, 
         nrow = nrow or (config.model.num_classes if label is None else None)   # one column per class
         model = model.given(model.classes_in_turn(n) if label is None else label)
     torch.manual_seed(seed)
-    if not table:
-        return save_png(image_grid(model.generate(n, temperature), nrow), out, scale)
     with torch.no_grad():
-        x = model.decode(model.prior(model.device).sample(n, temperature)).mean.float().cpu()  # (n, D), standardised
-    return write_table(x, out, run_config=config)
+        p_x = model.decode(model.prior().sample(n, temperature))
+        x = (p_x.sample() if noise else p_x.mean).float().cpu()
+    written = write_table(x, out, run_config=config) if table else save_png(image_grid(x.clamp(0, 1), nrow), out, scale)
+    if log:
+        what = "x ~ p(x|z), noise included" if noise else "the mean of p(x|z) (--noise draws x ~ p(x|z))"
+        log(f"wrote {written}: {n} samples, z ~ {model.prior().name}, {what}")
+    return written
 
 
 def write_table(x: torch.Tensor, out: str | Path, run_config) -> Path:
     """Rows (n, D) in the standardised units a run trained on -> a CSV in the units and columns of its data."""
-    from .data import load_data
-
     data = load_data(run_config.data)
     x = data.unstandardise(x)
     columns = data.columns or tuple(f"x{j}" for j in range(x.shape[1]))

@@ -1,31 +1,38 @@
-"""fit(): the one training loop. Adam, validation each epoch, metrics.jsonl, a checkpoint
-every epoch, exact resume on CPU (weights, optimiser, epoch and both RNG streams)."""
+"""fit(): the one training loop. Adam, validation each epoch, metrics.jsonl, a checkpoint every
+epoch (and best/ weights), exact resume on CPU (weights, optimiser, epoch and both RNG streams).
+
+fit() reads as set-up, a loop over epochs, and what ends each epoch; each is a function below.
+Nothing here knows which model it trains: what is special about a model is in its hooks
+(vaekit.models.LatentModel).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import has_checkpoint, load_config, load_trainer_state, load_weights, save_checkpoint
-from .config import RunConfig
-from .data import DataSplits, batches, load_data
+from .checkpoint import (BEST, has_checkpoint, load_config, load_trainer_state, load_weights, save_best,
+                         save_checkpoint)
+from .config import RunConfig, TrainConfig
+from .data import DataSplits, Dataset, batches, load_data
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
-from .models import build_model
-from .objectives import get_loss
+from .metrics import METRICS, append_metric, read_metrics, summary, write_metrics
+from .models import LatentModel, build_model
+from .objectives import LossContext, get_loss
+from .resolve import check_applicable, check_names, differences, reads_of, resolve
 from .runtime import autocast, resolve_device, resolve_precision
-from .vq import codebook_usage
 
-METRICS = "metrics.jsonl"
-RESUMABLE = ("epochs", "max_minutes", "device")  # what a resumed run may change
+RESUMABLE = ("epochs", "max_minutes", "early_stop", "device")  # what a resumed run may change
 Hook = Callable[[dict, torch.nn.Module], None]  # called after each epoch with (record, model)
 
 
@@ -35,111 +42,237 @@ class FitResult:
     config: RunConfig
     history: list[dict]
     run_dir: Path
+    stopped: str | None = None   # why training ended before config.train.epochs, if it did
+
+
+@dataclass
+class Session:
+    """What one call of fit() trains with."""
+
+    config: RunConfig
+    run_dir: Path
+    model: LatentModel
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator       # shuffling + dynamic binarisation
+    train: Dataset
+    val: Dataset | None
+    precision: str                   # fp32 or bf16: what 'auto' resolved to on this machine
+    start: int = 0                   # epochs finished before this call
+    history: list[dict] = field(default_factory=list)
+    best_loss: float = math.inf      # the lowest validation loss so far, and its epoch (0: none)
+    best_epoch: int = 0
+    state: dict | None = None        # the trainer state of the last epoch this call finished
+    created: list[Path] = field(default_factory=list)   # what a failed new run removes again
 
 
 def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
-        hooks: list[Hook] = (), progress: bool = True, log: Callable[[str], None] = print) -> FitResult:
-    """Train `config` into `run_dir`; with resume, continue the run saved there."""
-    run_dir = Path(run_dir)
-    device = resolve_device(config.train.device)
-    if resume:
-        config = _resume_config(run_dir, config)
-    elif has_checkpoint(run_dir):
-        raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-    data = data or load_data(config.data)
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, input_shape=data.input_shape,
-                                                                   num_classes=data_classes(config, data)))
-    tcfg = config.train
-    loss_fn = get_loss(tcfg.loss)
-    train, val = data.train.to(device), data.val.to(device) if data.val is not None else None
+        hooks: list[Hook] = (), progress: bool | None = None, log: Callable[[str], None] = print) -> FitResult:
+    """Train `config` into `run_dir`; with resume, continue the run saved there. progress: a progress bar
+    (None: only when stderr is a terminal; elsewhere one line per epoch)."""
+    s = set_up(config, Path(run_dir), resume, data, log)
+    progress = sys.stderr.isatty() if progress is None else progress
+    started, stopped = time.perf_counter(), None
+    try:
+        for epoch in range(s.start, s.config.train.epochs):
+            record = train_epoch(s, epoch, progress)
+            end_epoch(s, record, hooks, log)
+            stopped = stop_reason(s, epoch, started)
+            if stopped:
+                log(stopped)
+                break
+        finish(s, log)
+    except BaseException:
+        _remove_unfinished(s)
+        raise
+    s.model.eval()
+    return FitResult(s.model, s.config, s.history, s.run_dir, stopped)
 
+
+def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | None, log) -> Session:
+    """Check everything, then create the run directory (a new run) or restore the saved state (resume)."""
+    if resume:
+        saved = load_config(run_dir)
+        if not has_checkpoint(run_dir):
+            raise CheckpointError(f"{run_dir} has a config but no checkpoint yet; start it again without --resume")
+        data = data or load_data(saved.data)
+        config = _resumed_config(run_dir, saved, resolve(config, data))
+    else:
+        if has_checkpoint(run_dir):
+            raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+        check_names(config)
+        data = data or load_data(config.data)
+        config = resolve(config, data)
+        check_applicable(config)
+    tcfg = config.train
+    device = resolve_device(tcfg.device)
+    precision = resolve_precision(tcfg.precision, device)   # before seeding: it must not touch the RNG streams
     torch.manual_seed(tcfg.seed)
     model = build_model(config.model).to(device)
     check_support(model, data)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, eps=tcfg.adam_eps, fused=True)  # one kernel for all parameters
-    steps_per_epoch = math.ceil(len(train) / tcfg.batch_size)
-    generator = torch.Generator(device=device).manual_seed(tcfg.seed)  # shuffling + dynamic binarisation
-    start, trained_seconds = 0, 0.0
+    s = Session(config, run_dir, model, optimizer, torch.Generator(device=device).manual_seed(tcfg.seed),
+                data.train.to(device), data.val.to(device) if data.val is not None else None, precision)
     if resume:
-        load_weights(run_dir, model)
-        state = load_trainer_state(run_dir, optimizer)
-        start, trained_seconds = state["epoch"], state.get("train_seconds", 0.0)
-        torch.set_rng_state(state["tensors"]["torch_rng"])
-        generator.set_state(state["tensors"]["data_rng"].to(generator.get_state().device))
+        _restore(s)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.json")
-    history = _read_metrics(run_dir, upto=start)
-    state = None  # the trainer state of the last epoch this call finishes
-    _write_metrics(run_dir, history)
-    if start < tcfg.epochs:
-        z = (f"{model.code_positions} codes of {config.model.code_dim}" if model.discrete
-             else f"latent_dim={config.model.latent_dim}")
-        log(f"training {config.model.model} ({tcfg.loss} loss, {z}) on {data.name}: "
-            f"{len(train)} images, epochs {start + 1}-{tcfg.epochs}, device {device}, {resolve_precision(tcfg.precision, device)}")
+        _create(s)
+    s.history = read_metrics(run_dir, upto=s.start)
+    write_metrics(run_dir, s.history)   # drops lines of epochs past the checkpoint
+    if s.start < tcfg.epochs:
+        log(banner(s, data.name))
+    else:
+        log(f"nothing to train: {run_dir} has finished its {tcfg.epochs} epochs; raise --epochs to train more")
+    return s
 
-    for epoch in range(start, tcfg.epochs):
-        if tcfg.max_minutes is not None and trained_seconds >= 60 * tcfg.max_minutes:
-            log(f"stopping after epoch {epoch}: the {tcfg.max_minutes:g}-minute training budget is spent")
-            break
-        model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(tcfg, epoch)
-        t0 = time.perf_counter()
-        sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
-        bar = tqdm(total=len(train), unit="img", unit_scale=True, leave=False, disable=not progress,
-                   desc=f"epoch {epoch + 1}/{tcfg.epochs}")
-        for i, (xb, yb) in enumerate(batches(train, tcfg.batch_size, generator, shuffle=True)):
-            with autocast(device, tcfg.precision):
-                terms = loss_fn(model.given(yb), xb, tcfg, epoch + i * tcfg.batch_size / len(train))  # progress in epochs
-            loss = terms["loss"].mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg.schedule == "alternating":
-                hold_fixed(model, tcfg, epoch * steps_per_epoch + i)
-            optimizer.step()
-            for k in sums:
-                sums[k] += terms[k].detach().sum().item()
+
+def _resumed_config(run_dir: Path, saved: RunConfig, requested: RunConfig) -> RunConfig:
+    """The saved config; the caller may only change what RESUMABLE names."""
+    changed = differences(saved, requested, ignore=RESUMABLE)
+    if changed:
+        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
+        raise CheckpointError(f"the options differ from those {run_dir} was trained with ({'; '.join(changed)}); "
+                              f"resume with the same options (only {allowed} may change) or start a new --run-dir")
+    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **{k: getattr(requested.train, k) for k in RESUMABLE}))
+
+
+def _restore(s: Session) -> None:
+    load_weights(s.run_dir, s.model)
+    state = load_trainer_state(s.run_dir, s.optimizer)
+    s.start = state["epoch"]
+    s.best_loss, s.best_epoch = state.get("best_loss", math.inf), state.get("best_epoch", 0)
+    torch.set_rng_state(state["tensors"]["torch_rng"])
+    s.generator.set_state(state["tensors"]["data_rng"].to(s.generator.get_state().device))
+
+
+def _create(s: Session) -> None:
+    try:
+        if not s.run_dir.exists():
+            s.run_dir.mkdir(parents=True)
+            s.created.append(s.run_dir)
+        for name in ("config.json", METRICS, BEST):
+            if not (s.run_dir / name).exists():
+                s.created.append(s.run_dir / name)
+        s.config.save(s.run_dir / "config.json")
+    except BaseException:
+        _remove_unfinished(s)
+        raise
+
+
+def _remove_unfinished(s: Session) -> None:
+    """A new run that failed before its first checkpoint leaves nothing behind (not even an empty folder)."""
+    if s.state is not None or has_checkpoint(s.run_dir):
+        return
+    for path in reversed(s.created):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)   # a folder this call created: nothing else is in it
+        else:
+            path.unlink(missing_ok=True)
+
+
+def banner(s: Session, data_name: str) -> str:
+    """What is trained, how, on what: the line before the first epoch."""
+    tcfg, model = s.config.train, s.model
+    read = reads_of(get_loss(tcfg.loss))
+    how = [f"{tcfg.loss} loss"]
+    if "beta" in read and tcfg.beta != 1:
+        how.append(f"beta {tcfg.beta:g}")
+    if "kl_warmup_epochs" in read and tcfg.kl_warmup_epochs:
+        how.append(f"KL warm-up {tcfg.kl_warmup_epochs:g} epochs")
+    if "mc_samples" in read:
+        how.append(f"{tcfg.mc_samples} sample{'s' if tcfg.mc_samples > 1 else ''} of z per example")
+    if "kl" in read:
+        closed = tcfg.kl != "mc" and getattr(model.prior(), "closed_form_kl", False)
+        how.append(f"{'closed-form' if closed else 'Monte Carlo'} KL")
+    how.append(f"{tcfg.schedule} schedule")
+    return (f"training {s.config.model.model} ({', '.join(how)}; {model.describe_latent()}) on {data_name}: "
+            f"{len(s.train)} examples, epochs {s.start + 1}-{tcfg.epochs}, device {model.device}, {s.precision}")
+
+
+def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
+    """One pass over the shuffled training set; the epoch's mean loss terms."""
+    tcfg, model, n = s.config.train, s.model, len(s.train)
+    model.train()
+    lr = learning_rate(tcfg, epoch)
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    loss_fn = get_loss(tcfg.loss)
+    ctx = LossContext(tcfg, epoch, n)
+    steps_per_epoch = math.ceil(n / tcfg.batch_size)
+    t0 = time.perf_counter()
+    sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
+    bar = tqdm(total=n, unit="img", unit_scale=True, leave=False, desc=f"epoch {epoch + 1}/{tcfg.epochs}") if progress else None
+    for i, (xb, yb) in enumerate(batches(s.train, tcfg.batch_size, s.generator, shuffle=True)):
+        with autocast(model.device, s.precision):
+            terms = loss_fn(model.given(yb), xb, dataclasses.replace(ctx, epoch=epoch + i * tcfg.batch_size / n))
+        loss = terms["loss"].mean()
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tcfg.schedule == "alternating":
+            hold_fixed(model, tcfg, epoch * steps_per_epoch + i)
+        s.optimizer.step()
+        for k in sums:
+            sums[k] += terms[k].detach().sum().item()
+        if bar is not None:
             bar.update(len(xb))
             bar.set_postfix(loss=f"{loss.item():.2f}", refresh=False)
+    if bar is not None:
         bar.close()
-        train_seconds = time.perf_counter() - t0
-        trained_seconds += train_seconds
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                  **{f"train_{k}": v / len(train) for k, v in sums.items()}}
-        if val is not None:
-            record.update({f"val_{k}": v for k, v in evaluate(model, val, tcfg).items()})
-            if model.discrete:  # a VQ-VAE: how much of its codebook the validation set uses
-                usage = codebook_usage(model.code_indices(val), config.model.codebook_size)
-                record.update(val_perplexity=usage["perplexity"], val_dead_codes=usage["dead_codes"])
-        record.update(seconds=time.perf_counter() - t0, images_per_s=len(train) / train_seconds)
-        history.append(record)
-        _append_metric(run_dir, record)  # before the checkpoint: a resume drops lines past it
-        state = {"epoch": epoch + 1, "train_seconds": trained_seconds,
-                 "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": generator.get_state().cpu()}}
-        save_checkpoint(run_dir, model, optimizer, state)
-        log(_summary(record, tcfg.epochs))
-        for hook in hooks:
-            hook(record, model)
-    if model.discrete and tcfg.prior_epochs and state is not None:
-        # the VQ-VAE's autoregressive prior over code indices: fitted once the codes are final (this call trained)
-        model.fit_prior(train, tcfg.prior_epochs, log=log)
-        save_checkpoint(run_dir, model, optimizer, state)
-    model.eval()
-    return FitResult(model, config, history, run_dir)
+    means = {f"train_{k}": v / n for k, v in sums.items()}
+    return {"epoch": epoch + 1, "lr": lr, **means, "train_neg_elbo": means["train_recon"] + means["train_kl"],
+            "train_seconds": time.perf_counter() - t0, "t0": t0}
 
 
-def data_classes(config: RunConfig, data: DataSplits) -> int:
-    """num_classes for the model config: the data's label classes for a conditional model, else 0."""
-    from .models import MODELS
+def end_epoch(s: Session, record: dict, hooks, log) -> None:
+    """Validation at the epoch's own schedule weight, metrics.jsonl, best/ weights, the checkpoint, the log line."""
+    tcfg, t0, train_seconds = s.config.train, record.pop("t0"), record.pop("train_seconds")
+    if s.val is not None:
+        terms = evaluate(s.model, s.val, tcfg, epoch=record["epoch"], precision=s.precision, dataset_size=len(s.train))
+        record.update({f"val_{k}": v for k, v in terms.items()})
+        record.update({f"val_{k}": v for k, v in s.model.validation_extras(s.val).items()})
+    record.update(seconds=time.perf_counter() - t0, images_per_s=len(s.train) / train_seconds, precision=s.precision)
+    s.history.append(record)
+    append_metric(s.run_dir, record)  # before the checkpoint: a resume drops lines past it
+    if s.val is not None and record["val_loss"] < s.best_loss:
+        s.best_loss, s.best_epoch = record["val_loss"], record["epoch"]
+        save_best(s.run_dir, s.model, record["epoch"])
+    s.state = {"epoch": record["epoch"], "best_loss": s.best_loss, "best_epoch": s.best_epoch,
+               "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": s.generator.get_state().cpu()}}
+    save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
+    log(summary(record, tcfg.epochs))
+    for hook in hooks:
+        hook(record, s.model)
 
-    cls = MODELS.get(config.model.model)
-    if cls is None or not cls.conditional:
-        return 0
-    if data.train.y is None:
-        raise ConfigError(f"model {config.model.model!r} is conditioned on labels, but {data.name} has none; use labelled "
-                          "data (MNIST, an image folder with one sub-folder per class, a CSV with --label-column)")
-    return data.num_classes
+
+def stop_reason(s: Session, epoch: int, started: float) -> str | None:
+    """Why training stops after 0-based `epoch` before its last one (None: it goes on)."""
+    tcfg, done = s.config.train, epoch + 1
+    if done >= tcfg.epochs:
+        return None
+    if tcfg.max_minutes is not None and time.perf_counter() - started >= 60 * tcfg.max_minutes:
+        return (f"stopping after epoch {done} of {tcfg.epochs}: this invocation's {tcfg.max_minutes:g}-minute budget "
+                f"is spent; continue with `vaekit train --resume {s.run_dir}`")
+    if tcfg.early_stop is not None and s.best_epoch and done - s.best_epoch >= tcfg.early_stop:
+        return (f"stopping early after epoch {done} of {tcfg.epochs}: no better validation loss for {tcfg.early_stop} "
+                f"epochs (best {s.best_loss:.2f} at epoch {s.best_epoch}, saved in {s.run_dir / BEST})")
+    return None
+
+
+def finish(s: Session, log) -> None:
+    """The model's after-training work (the VQ-VAE's code prior), for the last weights and the best ones."""
+    if s.state is None:
+        return
+    tcfg = s.config.train
+    if not s.model.after_training(s.train, tcfg, log):
+        return
+    save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
+    if s.best_epoch == s.state["epoch"]:
+        save_best(s.run_dir, s.model, s.best_epoch)
+    elif s.best_epoch:
+        best = build_model(s.config.model).to(s.model.device)
+        load_weights(s.run_dir, best, "best")
+        log(f"the same for the best weights (epoch {s.best_epoch}):")
+        best.after_training(s.train, tcfg, log)
+        save_best(s.run_dir, best, s.best_epoch)
 
 
 def check_support(model, data: DataSplits) -> None:
@@ -163,7 +296,7 @@ def check_support(model, data: DataSplits) -> None:
                               f"bernoulli or gaussian-learned")
 
 
-def hold_fixed(model, tcfg, step: int) -> None:
+def hold_fixed(model, tcfg: TrainConfig, step: int) -> None:
     """Variational EM (notes 004): in each round of e_steps + m_steps optimiser steps, the first
     e_steps update only the encoder phi (E-step: q(z|x) towards p(z|x)), the rest only the
     decoder theta (M-step). Parameters with no gradient are skipped by Adam, moments and all."""
@@ -174,7 +307,7 @@ def hold_fixed(model, tcfg, step: int) -> None:
             p.grad = None
 
 
-def learning_rate(tcfg, epoch: int) -> float:
+def learning_rate(tcfg: TrainConfig, epoch: int) -> float:
     """The learning rate of 0-based `epoch`. 'iwae': stage i lasts 3^i epochs at
     lr * 10^(-i/7), i = 0..7 (Burda et al. 2016, sec. 5; 3,280 epochs in all), then stays."""
     if tcfg.lr_schedule == "constant":
@@ -184,47 +317,3 @@ def learning_rate(tcfg, epoch: int) -> float:
         stage += 1
         end += 3**stage
     return tcfg.lr * 10 ** (-stage / 7)
-
-
-def _resume_config(run_dir: Path, requested: RunConfig | None) -> RunConfig:
-    """The saved config; the caller may only change the budget (epochs, minutes) and the device."""
-    saved = load_config(run_dir)
-    if not has_checkpoint(run_dir):
-        raise CheckpointError(f"{run_dir} has a config but no checkpoint yet; start it again without --resume")
-    if requested is None:
-        return saved
-    keep = {k: getattr(requested.train, k) for k in RESUMABLE}
-    same = dataclasses.replace(requested, model=dataclasses.replace(requested.model, input_shape=saved.model.input_shape,
-                                                                    num_classes=saved.model.num_classes))
-    if dataclasses.replace(same.train, **{k: getattr(saved.train, k) for k in keep}) != saved.train \
-            or same.model != saved.model or same.data != saved.data:
-        raise CheckpointError(f"the options differ from those {run_dir} was trained with; resume with the same "
-                              "options (only --epochs, --max-minutes and --device may change) or start a new --run-dir")
-    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, **keep))
-
-
-def _read_metrics(run_dir: Path, upto: int) -> list[dict]:
-    path = run_dir / METRICS
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto]
-
-
-def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
-    from .checkpoint import atomic_write_text
-
-    atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _append_metric(run_dir: Path, row: dict) -> None:
-    with open(run_dir / METRICS, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _summary(r: dict, epochs: int) -> str:
-    val = f"  val {r['val_loss']:.2f}" if "val_loss" in r else ""
-    if "val_perplexity" in r:
-        val += f" (codebook perplexity {r['val_perplexity']:.1f}, {r['val_dead_codes']} dead)"
-    return (f"epoch {r['epoch']}/{epochs}  train {r['train_loss']:.2f} (recon {r['train_recon']:.2f}, "
-            f"kl {r['train_kl']:.2f}){val}  {r['seconds']:.1f}s  {r['images_per_s']:.0f} img/s")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes
+from ..files import atomic_write_bytes
 from ..errors import ConfigError
 from .render import ALIASES, KINDS, figure, pixel_size, render, resolve_kinds
 from .run import NotApplicable, PlotOptions, Run
@@ -41,9 +41,9 @@ class Figures:
     skipped: dict[str, str] = field(default_factory=dict)    # kind -> reason
 
 
-def open_run(run: str | Path | Run, device: str = "cpu", data_dir: str | None = None) -> Run:
+def open_run(run: str | Path | Run, device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last") -> Run:
     """A run directory opened for figures (a Run passes through, so several figures share one load)."""
-    return run if isinstance(run, Run) else Run(run, device, data_dir)
+    return run if isinstance(run, Run) else Run(run, device, data_dir, checkpoint)
 
 
 def _options(options: PlotOptions | None, overrides: dict) -> PlotOptions:
@@ -67,15 +67,16 @@ def _write(kind: str, runs: list[Run], out: Path, opt: PlotOptions, log: Log) ->
 
 
 def plot(run, kind: str, out: str | Path | None = None, options: PlotOptions | None = None, *,
-         device: str = "cpu", data_dir: str | None = None, log: Log = print, **overrides) -> Path | Skipped:
+         device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last", log: Log = print,
+         **overrides) -> Path | Skipped:
     """One figure kind of one run as a PNG (default RUN/figures/KIND.png); keyword overrides set PlotOptions fields."""
     kind = resolve_kinds([kind])[0]
-    r = open_run(run, device, data_dir)
+    r = open_run(run, device, data_dir, checkpoint)
     return _write(kind, [r], Path(out) if out else r.dir / "figures" / f"{kind}.png", _options(options, overrides), log)
 
 
 def samples(run, out=None, options: PlotOptions | None = None, **kw) -> Path | Skipped:
-    """A grid of decoder means for z ~ N(0, T^2 I) (n_samples, temperature, seed)."""
+    """A grid of decoder means for z ~ p(z) (n_samples, temperature, seed)."""
     return plot(run, "samples", out, options, **kw)
 
 
@@ -119,10 +120,11 @@ def _out_dir(out: Path) -> Path:
 
 
 def plot_run(run, kinds=None, out: str | Path | None = None, options: PlotOptions | None = None, *,
-             device: str = "cpu", data_dir: str | None = None, log: Log = print, **overrides) -> Figures:
+             device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last", log: Log = print,
+             **overrides) -> Figures:
     """`vaekit plot RUN`: each kind (default: all) as OUT/KIND.png (default OUT: RUN/figures)."""
     names, opt = resolve_kinds(kinds), _options(options, overrides)
-    r = open_run(run, device, data_dir)
+    r = open_run(run, device, data_dir, checkpoint)
     out = _out_dir(Path(out) if out else r.dir / "figures")
     result = Figures()
     for kind in names:
@@ -135,13 +137,14 @@ def plot_run(run, kinds=None, out: str | Path | None = None, options: PlotOption
 
 
 def compare_runs(runs, kinds=None, out: str | Path = "compare", options: PlotOptions | None = None, *,
-                 device: str = "cpu", data_dir: str | None = None, log: Log = print, **overrides) -> Figures:
+                 device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last", log: Log = print,
+                 **overrides) -> Figures:
     """`vaekit compare RUN_A RUN_B ...`: each kind with the runs side by side, as OUT/compare-KIND.png;
     every panel names its run's model, latent_dim and test loss."""
     if isinstance(runs, (str, Path, Run)) or len(runs) < 2:
         raise ConfigError("compare needs at least two runs: vaekit compare RUN_A RUN_B ...")
     names, opt = resolve_kinds(kinds), _options(options, overrides)
-    opened = [open_run(r, device, data_dir) for r in runs]
+    opened = [open_run(r, device, data_dir, checkpoint) for r in runs]
     out = _out_dir(Path(out))
     result = Figures()
     for kind in names:

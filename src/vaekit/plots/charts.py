@@ -46,28 +46,30 @@ def draw_scatter(run: Run, fig, opt: PlotOptions) -> str:
     ax = fig.subplots()
     if run.latent_dim == 1:  # z along x; the label, jittered, along y
         jitter = torch.rand(len(y), generator=torch.Generator().manual_seed(opt.seed)) * 0.6 - 0.3
-        points, (xlabel, ylabel), how = torch.stack([mu[:, 0], y + jitter], 1), ("z", "digit (jittered)"), ""
-        ax.set_yticks(sorted(set(y.tolist())))
+        points, (xlabel, ylabel), how = torch.stack([mu[:, 0], y + jitter], 1), ("z", f"{run.label_name} (jittered)"), ""
+        ticks = sorted(set(y.tolist()))
+        ax.set_yticks(ticks, [run.class_name(c) for c in ticks])
     else:
         points, (xlabel, ylabel), how = project(run, mu, opt)
     size = max(2.5, min(16.0, 25000 / len(points)))
     cmap = matplotlib.colormaps[CLASS_COLOURS]
     for c in sorted(set(y.tolist())):
         sel = y == c
-        ax.scatter(points[sel, 0], points[sel, 1], s=size, alpha=0.7, color=cmap(c % cmap.N), label=str(c),
+        ax.scatter(points[sel, 0], points[sel, 1], s=size, alpha=0.7, color=cmap(c % cmap.N), label=run.class_name(c),
                    linewidths=0)
-    if run.latent_dim == 2 or (run.latent_dim > 2 and opt.projection == "dims"):
-        for r in (1, 2):  # where the prior N(0, I) puts z: 1 and 2 standard deviations
-            ax.add_patch(Circle((0, 0), r, fill=False, ls="--", lw=1, color="0.3"))
-        how += "; dashed: 1 and 2 sd of N(0, I)"
+    sd = getattr(run.model.prior(), "unit_sd", None)   # an isotropic prior: circles where it puts z
+    if sd and (run.latent_dim == 2 or (run.latent_dim > 2 and opt.projection == "dims")):
+        for r in (1, 2):
+            ax.add_patch(Circle((0, 0), r * sd, fill=False, ls="--", lw=1, color="0.3"))
+        how += f"; dashed: 1 and 2 sd of {run.prior_name}"
     if run.latent_dim >= 2:
         ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(title="digit", loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=max(1.0, 6 / size ** 0.5),
+    ax.legend(title=run.label_name, loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=max(1.0, 6 / size ** 0.5),
               frameon=False)
-    return f"{what} of {len(points)} test images by digit{how}"
+    return f"{what} of {len(points)} test examples by {run.label_name}{how}"
 
 
 def draw_curves(run: Run, fig, opt: PlotOptions) -> str:
@@ -77,11 +79,19 @@ def draw_curves(run: Run, fig, opt: PlotOptions) -> str:
     if not rows:
         raise NotApplicable(f"{run.dir / 'metrics.jsonl'} holds no finished epoch")
     epochs = [r["epoch"] for r in rows]
-    terms = [("loss", "loss"), ("recon", "reconstruction")] if run.uses_kl else [("loss", "loss (reconstruction)")]
+    # the objective by its loss's name; the reconstruction term beside it unless they are one (an AE); the KL
+    # (and the plain -ELBO where a schedule or beta makes the objective differ from it) for a model with q(z|x)
+    loss = run.config.train.loss
+    if all(abs(r["train_loss"] - r["train_recon"]) < 1e-9 for r in rows):
+        terms = [("loss", f"objective ({loss}: the reconstruction)")]
+    else:
+        terms = [("loss", f"objective ({loss})"), ("recon", "reconstruction -log p(x|z)")]
+    if run.uses_kl and any(abs(r.get("train_neg_elbo", r["train_loss"]) - r["train_loss"]) > 1e-6 for r in rows):
+        terms.append(("neg_elbo", "-ELBO (recon + KL)"))
     panels = [terms, [("kl", "KL")]] if run.uses_kl else [terms]
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     marker = "o" if len(rows) <= 30 else None
-    colours = {"loss": "C0", "recon": "C1", "kl": "C2"}
+    colours = {"loss": "C0", "recon": "C1", "kl": "C2", "neg_elbo": "C3"}
     for ax, panel in zip(axes, panels, strict=True):
         for term, name in panel:
             for split, style in (("train", "-"), ("val", "--")):

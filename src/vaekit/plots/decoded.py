@@ -58,16 +58,13 @@ def draw_samples(run: Run, fig, opt: PlotOptions) -> str:
     ax = fig.subplots()
     show(ax, image_grid(x.cpu(), nrow=run.config.model.num_classes if per_class else None))
     ax.set_axis_off()
-    scale = "" if opt.temperature == 1 else f"{opt.temperature:g}$^2$"
-    title = f"{opt.n_samples} samples: mean of p(x|z), z ~ N(0, {scale}I)"
-    if run.discrete:
-        temp = "" if opt.temperature == 1 else f" (temperature {opt.temperature:g})"
-        title = f"{opt.n_samples} samples: mean of p(x|z), z = codes drawn from the fitted autoregressive prior{temp}"
+    temp = "" if opt.temperature == 1 else f" (temperature {opt.temperature:g})"
+    title = f"{opt.n_samples} samples: mean of p(x|z), z ~ {run.prior_name}{temp}"
     if run.conditional:
         title += f"\nconditioned on y: one column per class, 0 to {run.config.model.num_classes - 1}" if per_class \
             else f"\nconditioned on y = {opt.label}"
     elif not run.uses_kl and not run.discrete:
-        title += "\nan AE has no prior: its codes need not live where N(0, I) puts z"
+        title += f"\nan AE has no prior: its codes need not live where {run.prior_name} puts z"
     return title
 
 
@@ -146,7 +143,7 @@ def draw_traversal(run: Run, fig, opt: PlotOptions) -> str:
     show(ax, image_grid(x, nrow=steps))
     every = max(1, round(steps / 11))
     ax.set_xticks(tile_centres(steps, w)[::every], [_z(t) for t in v.tolist()[::every]])
-    unit = " nats" if run.uses_kl else ""
+    unit = " nats" if run.usage_name == "KL" else ""
     ax.set_yticks(tile_centres(len(order), h), [f"$z_{{{d}}}$  {run.usage_name} {usage[d]:.2f}{unit}" for d in order])
     ax.tick_params(length=0)
     if run.latent_dim == 1:
@@ -155,8 +152,8 @@ def draw_traversal(run: Run, fig, opt: PlotOptions) -> str:
     ax.set_xlabel("value of the row's $z_d$ (all other dimensions 0)")
     shown = f"the {len(order)} most used of {run.latent_dim} dimensions" if len(order) < run.latent_dim \
         else "one row per latent dimension"
-    by = "average KL per dimension over the test set" if run.uses_kl \
-        else "variance of the codes over the test set (an AE has no KL)"
+    by = "average KL per dimension over the test set" if run.usage_name == "KL" \
+        else "variance of the codes over the test set" + ("" if run.uses_kl else " (an AE has no KL)")
     return f"traversal: {shown}, rows ordered by {by}{run.label_note(opt.label)}"
 
 

@@ -29,14 +29,14 @@ def _fixed(width: float, height: float) -> Callable:
 
 
 KINDS = {
-    "samples": Kind(decoded.draw_samples, _fixed(6.0, 6.6), "decoder outputs for z ~ N(0, I)"),
+    "samples": Kind(decoded.draw_samples, _fixed(6.0, 6.6), "decoder outputs for z drawn from the prior p(z)"),
     "reconstructions": Kind(decoded.draw_reconstructions,
                            lambda run, opt: (9.0, 1.0 + 0.55 * decoded.reconstruction_rows(opt)),
                            "test images above their reconstructions"),
     "manifold": Kind(decoded.draw_manifold, _fixed(7.5, 8.0), "a regular grid of z decoded and tiled"),
     "traversal": Kind(decoded.draw_traversal, lambda run, opt: (9.0, 1.4 + 0.55 * decoded.traversal_rows(run, opt)),
                       "one z at a time decoded over a range (a 1-D latent: the strip)"),
-    "scatter": Kind(charts.draw_scatter, _fixed(8.0, 7.0), "posterior means of the test set by digit"),
+    "scatter": Kind(charts.draw_scatter, _fixed(8.0, 7.0), "posterior means of the test set by class"),
     "interpolate": Kind(decoded.draw_interpolate,
                         lambda run, opt: (9.0, 1.5 + 0.55 * decoded.interpolation_rows(run, opt)),
                         "decoded z between the codes of two test images"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,10 +12,11 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model
-from ..data import Dataset, batches, load_data
-from ..distributions import DiagonalGaussian
+from ..config import option
+from ..data import DataSplits, Dataset, batches, load_data
 from ..errors import ConfigError
 from ..evaluate import evaluate
+from ..metrics import read_metrics
 from ..models import check_label
 from ..runtime import resolve_device
 
@@ -29,24 +29,29 @@ class NotApplicable(Exception):
 
 @dataclass(frozen=True)
 class PlotOptions:
-    """Options of every figure kind; each kind reads the ones it needs. The CLI flag is in the comment."""
+    """Options of every figure kind; each kind reads the ones it needs. The CLI flags are generated from the
+    metadata (vaekit.options), as for the run config."""
 
-    n_samples: int = 64                          # samples: how many (-n)
-    temperature: float = 1.0                     # samples: z ~ N(0, T^2 I) (--temperature)
-    n_reconstructions: int = 16                  # reconstructions: test images shown (--n-recon)
-    z_range: tuple[float, float] = (-5.0, 5.0)   # manifold and traversal: span of each z (--range LO HI)
-    resolution: int = 20                         # manifold: images per side (--resolution)
-    steps: int | None = None                     # traversal, interpolate: images per row (None: 11, a 1-D strip 21; 10)
-    dims: tuple[int, int] | None = None          # manifold, scatter 'dims': the two z shown (None: the two most used)
-    projection: str = "pca"                      # scatter of latent_dim > 2: pca, tsne or dims (--projection)
-    max_points: int = 10000                      # scatter: at most this many test points (--max-points)
-    max_rows: int = 32                           # traversal: rows shown, most used dimensions first (--max-rows)
-    n_pairs: int = 5                             # interpolate: pairs of test images (--n-pairs)
-    pairs: tuple[tuple[int, int], ...] | None = None  # interpolate: explicit test indices (--pair I J)
-    great_circle: bool = False                   # interpolate: also along the great circle (--great-circle)
-    label: int | None = None                     # conditional models: the label y to decode with (--label; None: 0, samples: every class)
-    seed: int = 0
-    dpi: int = 100                               # pixels per inch: a figure is (width x height inches) * dpi pixels
+    n_samples: int = option(64, "samples: how many", flag="-n")
+    temperature: float = option(1.0, "samples: the spread of z, z ~ N(0, T^2 I) for the standard prior", metavar="T")
+    n_reconstructions: int = option(16, "reconstructions: test images shown", flag="--n-recon")
+    z_range: tuple[float, float] = option((-5.0, 5.0), "manifold, traversal: span of each z", flag="--range",
+                                          metavar=("LO", "HI"))
+    resolution: int = option(20, "manifold: images per side (2-100)")
+    steps: int | None = option(None, "traversal, interpolate: images per row", default_text="21 for a 1-D strip, else 11; 10")
+    dims: tuple[int, int] | None = option(None, "manifold, scatter --projection dims: the two z shown when latent_dim > 2",
+                                          metavar=("I", "J"), default_text="the two most used")
+    projection: str = option("pca", "scatter for latent_dim > 2: pca, tsne or dims")
+    max_points: int = option(10000, "scatter: at most this many test points (a fixed random subset)")
+    max_rows: int = option(32, "traversal: rows shown, most used dimensions first")
+    n_pairs: int = option(5, "interpolate: pairs of test images (the first of classes 0 and 1, 2 and 3, ...)")
+    pairs: tuple[tuple[int, int], ...] | None = option(None, "interpolate: test images I and J (repeatable)", flag="--pair",
+                                                       metavar=("I", "J"), append=True)
+    great_circle: bool = option(False, "interpolate: also along the great circle")
+    label: int | None = option(None, "conditional models (cvae): decode given this class",
+                               default_text="samples: every class in turn; other figures: class 0")
+    seed: int = option(0, "seed of the samples and of the point subset")
+    dpi: int = option(100, "pixels per inch of the PNGs (20-400)")
 
     def __post_init__(self):
         object.__setattr__(self, "z_range", tuple(float(v) for v in self.z_range))  # lists from argparse or JSON
@@ -84,10 +89,10 @@ class PlotOptions:
 class Run:
     """A saved run opened for figures: weights + config now, test data and metrics on first use."""
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu", data_dir: str | None = None):
+    def __init__(self, run_dir: str | Path, device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last"):
         self.dir = Path(run_dir)
-        self.model, self.config, self.epoch = load_model(self.dir, resolve_device(device))
-        self.data_dir = data_dir
+        self.model, self.config, self.epoch = load_model(self.dir, resolve_device(device), checkpoint)
+        self.data_dir, self.checkpoint = data_dir, checkpoint
 
     @property
     def name(self) -> str:
@@ -103,10 +108,12 @@ class Run:
 
     def describe(self, test_loss: bool = False) -> str:
         """'vae2: vae, latent_dim=2' (+ the test loss): the line that names a run in a figure."""
-        text = f"{self.name}: {self.kind}, latent_dim={self.latent_dim}"
+        text = f"{self.name}: {self.kind}, {self.model.describe_latent()}"
+        if self.checkpoint != "last":
+            text += f", {self.checkpoint} weights (epoch {self.epoch})"
         if test_loss:
             what = "" if self.uses_kl or self.discrete else " (recon only)"
-            text += f", test loss {self.test_metrics['loss']:.2f}{what}"
+            text += f", test {self.config.train.loss} loss {self.test_metrics['loss']:.2f}{what}"
         return text
 
     @property
@@ -134,17 +141,26 @@ class Run:
         return f", given y = {0 if label is None else label}" if self.conditional else ""
 
     @cached_property
-    def test(self) -> Dataset:
+    def data(self) -> DataSplits:
         cfg = self.config.data if self.data_dir is None else dataclasses.replace(self.config.data, data_dir=self.data_dir)
-        return load_data(cfg).test.to(self.model.device)
+        return load_data(cfg)
+
+    @cached_property
+    def test(self) -> Dataset:
+        return self.data.test.to(self.model.device)
+
+    def class_name(self, label: int) -> str:
+        return self.data.class_name(label)
+
+    @property
+    def label_name(self) -> str:
+        """What a label is ("digit" for MNIST, a CSV's label column, "class"), for legends."""
+        return self.data.label_name
 
     @cached_property
     def metrics(self) -> list[dict]:
         """metrics.jsonl: one dict per finished epoch."""
-        path = self.dir / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_metrics(self.dir)
 
     @contextlib.contextmanager
     def seeded(self, seed: int):
@@ -161,17 +177,19 @@ class Run:
             return evaluate(self.model, self.test, self.config.train)
 
     @cached_property
-    def _codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _codes(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         mus, kls = [], []
+        prior = self.model.prior()
         with torch.no_grad():
             for xb, yb in batches(self.test, 1000):
                 q = self.model.given(yb).encode(xb)
                 mus.append(q.mode.float())
-                if isinstance(q, DiagonalGaussian):  # KL(q(z_d|x) || N(0, 1)) for each dimension d: (B, D)
-                    kls.append(DiagonalGaussian(q.mu, q.logvar, event_ndim=0).kl())
+                kl = prior.kl_per_dim(q) if self.uses_kl else None   # (B, D) where the prior has one per dimension
+                if kl is not None:
+                    kls.append(kl)
         mu = torch.cat(mus)                                                   # (N, D)
         usage = torch.cat(kls).mean(0) if kls else mu.var(0, unbiased=False)  # (D,)
-        return mu, usage
+        return mu, usage, bool(kls)
 
     @property
     def mu(self) -> torch.Tensor:
@@ -184,16 +202,18 @@ class Run:
         model with a posterior, else the variance of the codes over the test set."""
         return self._codes[1]
 
-    @cached_property
+    @property
     def uses_kl(self) -> bool:
         """True when the encoder outputs a distribution q(z|x) (so a KL exists); False for an AE's point codes."""
-        with torch.no_grad():
-            x = torch.zeros(1, *self.config.model.input_shape, device=self.model.device)
-            return isinstance(self.model.given(0).encode(x), DiagonalGaussian)
+        return self.model.stochastic
+
+    @property
+    def prior_name(self) -> str:
+        return self.model.prior().name
 
     @property
     def usage_name(self) -> str:
-        return "KL" if self.uses_kl else "var"
+        return "KL" if self._codes[2] else "var"
 
     def by_usage(self) -> list[int]:
         """Latent dimensions, most used first."""

@@ -1,6 +1,6 @@
 """Data sources that read the user's own files: a folder of images, NumPy arrays, a CSV table.
 
-Each is an entry of vaekit.data.SOURCES with `load(root, download, timeout, cfg) -> Arrays`.
+Each is an entry of vaekit.sources.SOURCES with `load(root, download, timeout, cfg) -> Arrays`.
 They return every example; load_data holds out `cfg.test_fraction` of them as the test set
 (a fixed-seed split), carves the validation set, and scales or standardises. Every problem
 with a file is a one-line DataError that names the file (and the row and column) and the fix.
@@ -12,25 +12,14 @@ import csv
 import math
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from .config import DataConfig
-from .errors import ConfigError, DataError
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
+from .arrays import Arrays, class_ids
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class Arrays(NamedTuple):
-    """What a source's load() returns; load_data turns it into float tensors and splits."""
-
-    train_x: np.ndarray                      # (N, C, H, W) images or (N, D) table rows
-    train_y: np.ndarray | None = None        # (N,) integer class labels
-    test_x: np.ndarray | None = None         # None: load_data holds out cfg.test_fraction of train_x
-    test_y: np.ndarray | None = None
-    scale: float | None = 1.0                # x / scale is the data; None: a table, standardised by load_data
-    columns: tuple[str, ...] | None = None   # tables: the feature names, in column order
 
 
 def _path(cfg: DataConfig | None, source: str, what: str, folder: bool) -> Path:
@@ -46,20 +35,6 @@ def _path(cfg: DataConfig | None, source: str, what: str, folder: bool) -> Path:
     return path
 
 
-def class_ids(labels: np.ndarray) -> np.ndarray:
-    """Class labels -> (N,) int64: non-negative integers as they are; names (or negative numbers)
-    numbered in sorted order."""
-    labels = np.asarray(labels)
-    if labels.dtype.kind in "iub" or (labels.dtype.kind == "f" and np.isfinite(labels).all()
-                                      and (labels == np.round(labels)).all()):
-        ints = labels.astype(np.int64)
-        if len(ints) == 0 or ints.min() >= 0:
-            return ints
-    elif labels.dtype.kind not in "US":
-        raise DataError(f"labels of dtype {labels.dtype} are not class labels; use integers or names")
-    return np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
-
-
 # ----------------------------------------------------------------------------- a folder of images
 
 class FolderSource:
@@ -73,7 +48,7 @@ class FolderSource:
         sub-folder names numbered 0, 1, ...). All images share one mode: RGB if any is colour,
         else grey (alpha is dropped); without image_size they must share one size."""
         folder = _path(cfg, "folder", "a folder of images", folder=True)
-        files, y = _image_files(folder)
+        files, y, names = _image_files(folder)
         images = [_read_image(f, cfg.image_size) for f in files]
         (h, w), odd = images[0].shape[:2], [i for i, im in enumerate(images) if im.shape[:2] != images[0].shape[:2]]
         if odd:
@@ -83,7 +58,7 @@ class FolderSource:
         colour = any(im.ndim == 3 for im in images)
         x = np.stack([np.repeat(im[..., None], 3, -1) if colour and im.ndim == 2 else im.reshape(*im.shape[:2], -1)
                       for im in images])                                    # (N, H, W, C) uint8
-        return Arrays(x.transpose(0, 3, 1, 2), y, scale=255.0)
+        return Arrays(x.transpose(0, 3, 1, 2), y, scale=255.0, class_names=names)
 
 
 def _is_image(path: Path, folder: Path) -> bool:
@@ -91,8 +66,8 @@ def _is_image(path: Path, folder: Path) -> bool:
             and not any(part.startswith(".") for part in path.relative_to(folder).parts))
 
 
-def _image_files(folder: Path) -> tuple[list[Path], np.ndarray | None]:
-    """The image files, and their labels from the class sub-folders (None without sub-folders)."""
+def _image_files(folder: Path) -> tuple[list[Path], np.ndarray | None, tuple[str, ...] | None]:
+    """The image files, their labels from the class sub-folders and the sub-folder names (None, None without)."""
     top = sorted(f for f in folder.iterdir() if _is_image(f, folder))
     classes = {}
     for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
@@ -104,11 +79,11 @@ def _image_files(folder: Path) -> tuple[list[Path], np.ndarray | None]:
                         "put every image in a class sub-folder, or none")
     if classes:
         files = [f for found in classes.values() for f in found]
-        return files, np.repeat(np.arange(len(classes)), [len(found) for found in classes.values()])
+        return files, np.repeat(np.arange(len(classes)), [len(found) for found in classes.values()]), tuple(classes)
     if not top:
         raise DataError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} images (directly or in class sub-folders); "
                         "pass --path with a folder of images")
-    return top, None
+    return top, None, None
 
 
 def _read_image(path: Path, size: int | None) -> np.ndarray:
@@ -172,10 +147,10 @@ class ArraySource:
             if y.shape != (len(x),):
                 raise DataError(f"{path}: y has shape {y.shape} but x holds {len(x)} examples; y needs one label each, ({len(x)},)")
             try:
-                y = class_ids(y)
+                y, names = class_ids(y)
             except DataError as e:
                 raise DataError(f"{path}: y: {e}") from None
-        return Arrays(x, y, scale=255.0 if x.dtype == np.uint8 else 1.0)
+        return Arrays(x, y, scale=255.0 if x.dtype == np.uint8 else 1.0, class_names=None if y is None else names)
 
 
 # ----------------------------------------------------------------------------- CSV tables
@@ -203,18 +178,19 @@ class CSVSource:
         for i, (line, cells) in enumerate(rows):
             for k, j in enumerate(features):
                 x[i, k] = _number(cells[j], path, line, header[j])
-        y = None
+        y = names = None
         if label is not None:
             j = header.index(label)
-            names = [cells[j].strip() for _, cells in rows]
-            for (line, _), name in zip(rows, names):
-                if not name:
+            values = [cells[j].strip() for _, cells in rows]
+            for (line, _), value in zip(rows, values, strict=True):
+                if not value:
                     raise DataError(f"{path} line {line}: the label column {label!r} is empty; give every row a label")
             try:
-                y = class_ids(np.array([int(n) for n in names]))
+                y, names = class_ids(np.array([int(v) for v in values]))
             except ValueError:
-                y = class_ids(np.array(names))
-        return Arrays(x, y, scale=None, columns=tuple(header[j] for j in features))
+                y, names = class_ids(np.array(values))
+        return Arrays(x, y, scale=None, columns=tuple(header[j] for j in features), class_names=names,
+                      label_name=label or "class")
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:

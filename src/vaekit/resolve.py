@@ -1,0 +1,121 @@
+"""From the options a user gave to the options a run uses: defaults that depend on other options are
+chosen here, in the library (so Python and the command line behave the same), and an option that no
+chosen component reads is refused instead of silently doing nothing.
+
+Every model, loss, likelihood, architecture and prior names the config fields only it reads (`reads`);
+a field that some component reads, set away from its default while none of the chosen ones reads it,
+is an error that says which choice would use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .config import SCHEDULE_READS, SECTIONS, DataConfig, ModelConfig, RunConfig, TrainConfig, flag_of, unknown
+from .data import DataSplits
+from .errors import ConfigError
+from .likelihoods import LIKELIHOODS, get_likelihood
+from .models import MODELS, model_class
+from .nets import ARCHITECTURES
+from .objectives import LOSSES, get_loss
+from .priors import PRIORS
+from .sources import SOURCES, default_likelihood
+
+
+def reads_of(entry) -> tuple[str, ...]:
+    """The config fields a registry entry reads (a functools.partial: its function's)."""
+    return getattr(entry, "reads", None) or getattr(getattr(entry, "func", None), "reads", ())
+
+
+def resolve(config: RunConfig, data: DataSplits | None = None) -> RunConfig:
+    """Fill the defaults that depend on other options: the loss from the model, the likelihood from the
+    data source, the validation size, and (given the data) the input shape and label classes."""
+    model_cls = model_class(config.model.model)
+    model = dataclasses.replace(config.model, likelihood=config.model.likelihood or default_likelihood(config.data.source))
+    train = dataclasses.replace(config.train, loss=config.train.loss or model_cls.default_loss)
+    data_cfg = config.data
+    if data is not None:
+        model = dataclasses.replace(model, input_shape=data.input_shape, num_classes=data_classes(model_cls, data))
+        data_cfg = dataclasses.replace(data_cfg, val_size=0 if data.val is None else len(data.val))
+    return RunConfig(model, data_cfg, train)
+
+
+def data_classes(model_cls, data: DataSplits) -> int:
+    """num_classes for the model config: the data's label classes for a conditional model, else 0."""
+    if not model_cls.conditional:
+        return 0
+    if data.train.y is None:
+        raise ConfigError(f"model {model_cls.__name__} is conditioned on labels, but {data.name} has none; use labelled "
+                          "data (MNIST, an image folder with one sub-folder per class, a CSV with --label-column)")
+    return data.num_classes
+
+
+def chosen_components(config: RunConfig) -> dict[str, object]:
+    """What the config picks from each registry (plus the schedule), by kind."""
+    lookups = {"model": (MODELS, config.model.model), "loss": (LOSSES, config.train.loss),
+               "likelihood": (LIKELIHOODS, config.model.likelihood), "architecture": (ARCHITECTURES, config.model.arch),
+               "prior": (PRIORS, config.model.prior)}
+    chosen = {kind: registry[name] for kind, (registry, name) in lookups.items() if name in registry}
+    chosen["schedule"] = _Schedule(SCHEDULE_READS.get(config.train.schedule, ()))
+    return chosen
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+    reads: tuple[str, ...]
+
+
+def _all_readers() -> dict[str, list[str]]:
+    """field -> ['loss capacity', 'model vqvae', ...]: every registered component that reads it."""
+    readers: dict[str, list[str]] = {}
+    for kind, registry in (("model", MODELS), ("loss", LOSSES), ("likelihood", LIKELIHOODS),
+                           ("architecture", ARCHITECTURES), ("prior", PRIORS)):
+        for name, entry in registry.items():
+            for f in reads_of(entry):
+                readers.setdefault(f, []).append(f"{kind} {name}")
+    for name, fields in SCHEDULE_READS.items():
+        for f in fields:
+            readers.setdefault(f, []).append(f"schedule {name}")
+    return readers
+
+
+def check_applicable(config: RunConfig) -> None:
+    """Refuse an option that does nothing with the chosen model, loss, likelihood, architecture, prior and
+    schedule; also a closed-form KL demanded where the prior has none."""
+    read = {f for entry in chosen_components(config).values() for f in reads_of(entry)}
+    for f, users in _all_readers().items():
+        section = ModelConfig if f in {x.name for x in dataclasses.fields(ModelConfig)} else TrainConfig
+        cfg = config.model if section is ModelConfig else config.train
+        default = next(x.default for x in dataclasses.fields(section) if x.name == f)
+        if f not in read and getattr(cfg, f) != default:
+            raise ConfigError(f"{flag_of(section, f)} {getattr(cfg, f)} ({section.__name__}.{f}) does nothing here: "
+                              f"it applies to {' or '.join(users)}; drop it")
+    if config.train.kl == "analytic" and "kl" in read and not getattr(PRIORS.get(config.model.prior), "closed_form_kl", True):
+        raise ConfigError(f"--kl analytic (TrainConfig.kl): the prior {config.model.prior!r} has no closed-form KL; "
+                          "use --kl auto or mc")
+    if config.train.early_stop is not None and config.data.val_size == 0:
+        raise ConfigError("--early-stop (TrainConfig.early_stop) watches the validation loss, and val_size is 0; "
+                          "give --val-size N or drop --early-stop")
+
+
+def check_names(config: RunConfig) -> None:
+    """Every registry name in the config exists (one-line errors naming the field and the flag)."""
+    model_class(config.model.model)
+    if config.train.loss is not None:     # None: the model's own
+        get_loss(config.train.loss)
+    get_likelihood(config.model.likelihood)
+    if config.data.source not in SOURCES:
+        raise unknown(DataConfig, "source", config.data.source, SOURCES)
+
+
+def differences(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """'lr 0.001 -> 0.5' for each field that differs between two configs (train fields in `ignore` skipped)."""
+    out = []
+    for name, section in SECTIONS.items():
+        for f in dataclasses.fields(section):
+            if name == "train" and f.name in ignore:
+                continue
+            va, vb = getattr(getattr(a, name), f.name), getattr(getattr(b, name), f.name)
+            if va != vb:
+                out.append(f"{f.name} {va!r} -> {vb!r}")
+    return out
