@@ -30,6 +30,7 @@ def reads_of(entry) -> tuple[str, ...]:
 def resolve(config: RunConfig, data: DataSplits | None = None) -> RunConfig:
     """Fill the defaults that depend on other options: the loss from the model, the likelihood from the
     data source, the validation size, and (given the data) the input shape and label classes."""
+    check_names(config)
     model_cls = model_class(config.model.model)
     model = dataclasses.replace(config.model, likelihood=config.model.likelihood or default_likelihood(config.data.source))
     train = dataclasses.replace(config.train, loss=config.train.loss or model_cls.default_loss)

@@ -99,7 +99,7 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     else:
         if has_checkpoint(run_dir):
             raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-        check_names(config)
+        check_names(config)     # before loading the data: a misspelt option fails at once
         data = data or load_data(config.data)
         config = resolve(config, data)
         check_applicable(config)
