@@ -21,7 +21,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
-
 from vaekit import build_model  # noqa: E402
 from vaekit.graph_rewrites import compile_for_evaluation  # noqa: E402
 from vaekit.objectives import posterior  # noqa: E402

@@ -21,7 +21,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write  # noqa: E402
-
 from vaekit import Dataset, fit, load_data, load_model  # noqa: E402
 from vaekit.checkpoint import has_checkpoint  # noqa: E402
 from vaekit.evaluate import log_likelihood  # noqa: E402

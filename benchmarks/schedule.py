@@ -20,7 +20,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write  # noqa: E402
-
 from vaekit import DataConfig, Dataset, ModelConfig, RunConfig, TrainConfig, fit, load_data  # noqa: E402
 from vaekit.evaluate import log_likelihood  # noqa: E402
 
@@ -45,7 +44,7 @@ def main() -> None:
                            TrainConfig(epochs=args.epochs, batch_size=100, lr=1e-3, device=args.device, **kw))
         curve, clock = [], [0.0]
 
-        def estimate(record, model, curve=curve, clock=clock):
+        def estimate(record, model, curve=curve, clock=clock, name=name):
             clock[0] += record["seconds"]
             with torch.random.fork_rng():
                 torch.manual_seed(0)

@@ -19,7 +19,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
-
 from vaekit import DataConfig, ModelConfig, RunConfig, TrainConfig, evaluate, fit, load_data  # noqa: E402
 from vaekit.runtime import resolve_precision  # noqa: E402
 

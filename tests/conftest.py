@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaekit import DataSplits, Dataset
+from vaekit import Dataset, DataSplits
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"

@@ -26,7 +26,8 @@ def test_train_eval_sample_smoke(tmp_path, capsys):
     assert main(["train", "--run-dir", str(run), *TINY]) == 0
     assert main(["eval", str(run), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.split("run saved in")[-1].split("\n", 1)[1])
-    assert out["split"] == "test" and out["n"] == 297 and out["objective"] == pytest.approx(out["recon"] + out["kl"]) == pytest.approx(out["neg_elbo"])
+    assert out["split"] == "test" and out["n"] == 297
+    assert out["objective"] == pytest.approx(out["recon"] + out["kl"]) == pytest.approx(out["neg_elbo"])
     assert main(["sample", str(run), "-n", "12", "--nrow", "4", "--scale", "1", "--out", str(tmp_path / "s.png")]) == 0
     img = Image.open(tmp_path / "s.png")
     assert img.size == (4 * 10 + 2, 3 * 10 + 2)  # 8x8 tiles, 2-pixel padding
@@ -54,7 +55,8 @@ def test_autoencoder_trains_with_its_own_loss(tmp_path):
     (["sample", "{tmp}/nowhere"], "does not exist"),
     (["train", "--run-dir", "{tmp}/r", "--epochs", "-1", "--data", "digits"], "epochs=-1 is impossible"),
     (["train", "--run-dir", "{tmp}/r", "--latent-dim", "0", "--data", "digits"], "latent_dim=0 is impossible"),
-    (["train", "--run-dir", "{tmp}/r", "--data", "digits", "--val-size", "5000"], "val_size=5000 (DataConfig.val_size, --val-size) leaves no training data"),
+    (["train", "--run-dir", "{tmp}/r", "--data", "digits", "--val-size", "5000"],
+     "val_size=5000 (DataConfig.val_size, --val-size) leaves no training data"),
     (["train", "--run-dir", "{tmp}/r", "--data", "mnist", "--data-dir", "{tmp}/empty"], "mnist is not in"),
     (["train", "--run-dir", "{tmp}/r", "--model", "gan", "--data", "digits", "--val-size", "10"], "model 'gan' is unknown"),
 ])

@@ -8,6 +8,7 @@ import torch
 
 from conftest import needs_mnist
 from vaekit import DataConfig, DataError, batches, data_root, load_data, read_idx
+from vaekit.errors import ConfigError
 from vaekit.sources import MNIST
 from vaekit.sources.download import fetch
 
@@ -16,7 +17,6 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-from vaekit.errors import ConfigError
 
 
 def write_idx(path, array_bytes: bytes, shape, dtype_code=0x08, gz=True):

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 from torch.distributions import Bernoulli as TorchBernoulli
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from vaekit import Bernoulli, DiagonalGaussian, gaussian_kl
 from vaekit.distributions import sum_softplus

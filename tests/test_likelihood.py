@@ -7,13 +7,11 @@ import math
 
 import pytest
 import torch
-
-from vaekit.objectives import LossContext
 from torch.distributions import MultivariateNormal
 
 from vaekit import Dataset, ModelConfig, TrainConfig, build_model
 from vaekit.evaluate import active_units, log_likelihood
-from vaekit.objectives import LOSSES
+from vaekit.objectives import LOSSES, LossContext
 
 N_X, N_Z, S = 6, 2, 0.5
 

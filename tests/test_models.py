@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from vaekit.objectives import LossContext
-
 from conftest import synthetic_splits
 from vaekit import LIKELIHOODS, LOSSES, MODELS, ModelConfig, TrainConfig, build_model
 from vaekit.errors import ConfigError
 from vaekit.nets import ARCHITECTURES
+from vaekit.objectives import LossContext
 
 SHAPE = (1, 6, 6)
 VARIANTS = [(m, lik) for m in MODELS for lik in LIKELIHOODS]

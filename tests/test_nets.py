@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 
-from vaekit.objectives import LossContext
-
 from conftest import synthetic_splits
 from vaekit import LOSSES, ModelConfig, RunConfig, TrainConfig, build_model
 from vaekit.errors import ConfigError
 from vaekit.nets import ARCHITECTURES, conv_sizes
+from vaekit.objectives import LossContext
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (1, 8, 8), (3, 5, 7)]
 # residual blocks belong to conv; every other architecture runs without them

@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from conftest import synthetic_splits
-from vaekit import (PRIORS, ConfigError, DataConfig, DiagonalGaussian, ModelConfig, RunConfig, TrainConfig,
-                    build_model, fit, plots)
+from vaekit import PRIORS, ConfigError, DataConfig, DiagonalGaussian, ModelConfig, RunConfig, TrainConfig, build_model, fit, plots
 from vaekit.evaluate import log_likelihood
 from vaekit.objectives import LOSSES, LossContext, elbo, reads
 

@@ -13,8 +13,8 @@ from PIL import Image
 from test_data import write_idx
 from vaekit import DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data
 from vaekit.cli import main
-from vaekit.sources import FASHION_MNIST, MNIST, SOURCES, IDXFile
 from vaekit.errors import ConfigError, DataError
+from vaekit.sources import FASHION_MNIST, MNIST, SOURCES, IDXFile
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--epochs", "2", "--val-size", "5", "--no-progress", "--no-report"]
 
@@ -193,7 +193,8 @@ ERRORS = [
     ("npy", _npz_without_x, {}, DataError, r"a.npz has no array 'x' \(it holds images\)"),
     ("npy", lambda t: _write(t, "junk.npy", "not numpy"), {}, DataError, "cannot read .*junk.npy as a NumPy file"),
     ("csv", lambda t: None, {}, ConfigError, "data source 'csv' reads a .csv file: pass --path"),
-    ("digits", lambda t: None, {"label_column": "y"}, ConfigError, r"label_column \(DataConfig.label_column, --label-column\) does not apply to data source 'digits'; it is for csv"),
+    ("digits", lambda t: None, {"label_column": "y"}, ConfigError,
+     r"label_column \(DataConfig.label_column, --label-column\) does not apply to data source 'digits'; it is for csv"),
 ]
 
 
@@ -269,7 +270,8 @@ def test_a_csv_table_trains_evaluates_samples_and_plots_from_the_command_line(tm
 
 @pytest.mark.parametrize("args,message", [
     (["--data", "csv", "--path", "{tmp}/missing.csv"], "missing.csv does not exist"),
-    (["--data", "folder", "--path", "{tmp}", "--label-column", "x"], "label_column (DataConfig.label_column, --label-column) does not apply to data source 'folder'"),
+    (["--data", "folder", "--path", "{tmp}", "--label-column", "x"],
+     "label_column (DataConfig.label_column, --label-column) does not apply to data source 'folder'"),
     (["--data", "csv", "--path", "{tmp}/t.csv", "--label-column", "label", "--likelihood", "bernoulli"], "pass --likelihood gaussian-learned"),
 ])
 def test_data_errors_from_the_command_line_are_one_line(tmp_path, capsys, args, message):

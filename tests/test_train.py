@@ -4,11 +4,10 @@ import json
 import pytest
 import torch
 
-from vaekit.objectives import LossContext
-
 from conftest import needs_mnist, synthetic_splits
 from vaekit import CheckpointError, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data, load_model
 from vaekit.checkpoint import save_checkpoint
+from vaekit.objectives import LossContext
 
 TINY = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), DataConfig("digits"), TrainConfig(epochs=2, batch_size=16))
 

@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
-from vaekit.objectives import LossContext
-
 from vaekit import LOSSES, ModelConfig, TrainConfig, build_model
+from vaekit.objectives import LossContext
 from vaekit.vq import CodePrior, VectorQuantiser, codebook_usage, fit_code_prior
 
 

@@ -31,7 +31,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.x)
 
-    def to(self, device) -> "Dataset":
+    def to(self, device) -> Dataset:
         y = None if self.y is None else self.y.to(device)
         return Dataset(self.x.to(device), y, self.binarise)
 

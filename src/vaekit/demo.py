@@ -34,7 +34,7 @@ def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, sourc
     data_cfg = dataclasses.replace(config.data, data_dir=data_dir)
     try:
         data = load_data(data_cfg, download_timeout=10)
-    except DataError as e:
+    except DataError:
         if source != "mnist":
             raise
         log(f"MNIST is not in {data_root(data_dir) / 'mnist'} and could not be downloaded; the demo runs on the "

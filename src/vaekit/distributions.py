@@ -50,7 +50,7 @@ class DiagonalGaussian:
         self.logvar = logvar.expand_as(mu) if logvar.shape != mu.shape else logvar
 
     @classmethod
-    def standard(cls, shape, device=None, event_ndim: int = 1) -> "DiagonalGaussian":
+    def standard(cls, shape, device=None, event_ndim: int = 1) -> DiagonalGaussian:
         zeros = torch.zeros(shape, device=device)
         return cls(zeros, zeros, event_ndim)
 
@@ -85,7 +85,7 @@ class DiagonalGaussian:
         lp = -0.5 * (LOG_2PI + logvar + (x.float() - mu) ** 2 * torch.exp(-logvar))
         return sum_event(lp, self.event_ndim)
 
-    def kl(self, other: "DiagonalGaussian | None" = None) -> torch.Tensor:
+    def kl(self, other: DiagonalGaussian | None = None) -> torch.Tensor:
         """KL(self || other) in closed form; other=None means N(0, I).
 
         With N(0, I): 0.5 * sum(mu^2 + sigma^2 - log sigma^2 - 1) (Kingma & Welling, app. B).
@@ -149,7 +149,7 @@ def gaussian_kl(mu0: torch.Tensor, cov0: torch.Tensor, mu1: torch.Tensor, cov1: 
     trace = (m**2).sum(dim=(-2, -1))                                     # tr(cov1^-1 cov0)
     diff = (mu1 - mu0).unsqueeze(-1)
     quad = (torch.linalg.solve_triangular(l1, diff, upper=False) ** 2).sum(dim=(-2, -1))
-    logdet = lambda l: 2 * torch.log(torch.diagonal(l, dim1=-2, dim2=-1)).sum(-1)  # noqa: E731
+    logdet = lambda chol: 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
     return 0.5 * (trace + quad - k + logdet(l1) - logdet(l0))
 
 

@@ -72,7 +72,8 @@ def compile_for_evaluation(fn):
     """torch.compile(fn) with the CPU rewrites as Inductor's post-grad pass (plain torch.compile
     where this torch has no custom-pass hook)."""
     try:
-        from torch._inductor.custom_graph_pass import CustomGraphPass
+        # a private module of recent torch: tried here, where its absence has a fallback
+        from torch._inductor.custom_graph_pass import CustomGraphPass  # noqa: PLC0415
     except ImportError:
         return torch.compile(fn)
 

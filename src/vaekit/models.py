@@ -126,7 +126,7 @@ def check_labels(y, num_classes: int) -> None:
                           f"got {y.unique()[:5].tolist()}")
 
 
-def check_label(model: "LatentModel", label: int | None, name) -> None:
+def check_label(model: LatentModel, label: int | None, name) -> None:
     """A --label for run `name`: refused for an unconditional model or outside its trained classes."""
     if label is None:
         return
@@ -140,7 +140,7 @@ class Conditioned:
     """A conditional model with its labels bound: encode(x) and decode(z) as an unconditional
     model's, so every loss, the likelihood estimate and the figures apply unchanged."""
 
-    def __init__(self, model: "LatentModel", y: torch.Tensor | int):
+    def __init__(self, model: LatentModel, y: torch.Tensor | int):
         self.model, self.y = model, y
 
     def __getattr__(self, name):  # config, prior, likelihood, device, parameters ... of the model
@@ -267,7 +267,7 @@ class VQVAE(LatentModel):
     def encode(self, x: torch.Tensor) -> Quantised:
         return self.quantiser(self.encoder(x).unflatten(-1, (self.code_positions, self.config.code_dim)))
 
-    def prior(self, device=None) -> "CodeSampler":
+    def prior(self, device=None) -> CodeSampler:
         """The fitted prior over codes: .sample(n, temperature) -> decoder inputs (n, latent_dim * code_dim)."""
         return CodeSampler(self)
 

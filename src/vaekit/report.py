@@ -11,8 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .files import atomic_write_bytes, atomic_write_text
 from .errors import ConfigError
+from .files import atomic_write_bytes, atomic_write_text
 from .plots import KINDS, PlotOptions, open_run, render
 
 CSS = """

@@ -13,17 +13,16 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (BEST, has_checkpoint, load_config, load_trainer_state, load_weights, save_best,
-                         save_checkpoint)
+from .checkpoint import BEST, has_checkpoint, load_config, load_trainer_state, load_weights, save_best, save_checkpoint
 from .config import RunConfig, TrainConfig
-from .data import DataSplits, Dataset, batches, load_data
+from .data import Dataset, DataSplits, batches, load_data
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
 from .metrics import METRICS, append_metric, read_metrics, summary, write_metrics

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import atomic_write_bytes
 from ..errors import ConfigError
+from ..files import atomic_write_bytes
 from .render import ALIASES, KINDS, figure, pixel_size, render, resolve_kinds
 from .run import NotApplicable, PlotOptions, Run
 

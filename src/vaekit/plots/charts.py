@@ -23,7 +23,7 @@ def project(run: Run, mu: torch.Tensor, opt: PlotOptions) -> tuple[torch.Tensor,
         explained = (s[:2] ** 2).sum() / (s ** 2).sum().clamp_min(1e-12)
         how = f"; PCA of the {D}-D means (PC 1 and 2: {explained:.0%} of their variance)"
         return centred @ vh[:2].T, ("PC 1", "PC 2"), how
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # noqa: PLC0415  (scikit-learn's t-SNE: imported only when asked for)
 
     perplexity = min(30.0, (len(mu) - 1) / 3)
     points = TSNE(2, perplexity=perplexity, init="pca", random_state=opt.seed).fit_transform(mu.numpy())
@@ -31,8 +31,8 @@ def project(run: Run, mu: torch.Tensor, opt: PlotOptions) -> tuple[torch.Tensor,
 
 
 def draw_scatter(run: Run, fig, opt: PlotOptions) -> str:
-    import matplotlib
-    from matplotlib.patches import Circle
+    import matplotlib  # noqa: PLC0415  (matplotlib: imported when a figure is drawn, not by every command)
+    from matplotlib.patches import Circle  # noqa: PLC0415
 
     run.need_continuous_z("scatter")
     y = run.test.y
@@ -73,7 +73,7 @@ def draw_scatter(run: Run, fig, opt: PlotOptions) -> str:
 
 
 def draw_curves(run: Run, fig, opt: PlotOptions) -> str:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415  (matplotlib: only when a figure is drawn)
 
     rows = run.metrics
     if not rows:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from ..errors import ConfigError
 from . import charts, decoded
@@ -70,8 +71,6 @@ def pixel_size(kind: str, runs: list[Run], opt: PlotOptions) -> tuple[int, int]:
 def _png(fig) -> bytes:
     """The figure's pixels as a PNG: 8-bit grey when it has no colour (tiles of grey images),
     else RGB; both lossless, and smaller than matplotlib's RGBA."""
-    from PIL import Image
-
     fig.canvas.draw()
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
     grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
@@ -90,8 +89,9 @@ def _inches(kind: str, runs: list[Run], opt: PlotOptions) -> tuple[float, float]
 def figure(kind: str, runs: list[Run], opt: PlotOptions):
     """The matplotlib Figure of `kind` for one run, or side by side for several; None and the
     reason when it applies to none of them. A run it does not apply to gets a panel saying why."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    # matplotlib costs ~0.5 s to import: loaded when a figure is drawn, not by every vaekit command
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
     width, height = pixel_size(kind, runs, opt)
     fig = Figure(figsize=(width / opt.dpi, height / opt.dpi), dpi=opt.dpi, layout="constrained")

@@ -13,7 +13,7 @@ import torch
 
 from ..checkpoint import load_model
 from ..config import option
-from ..data import DataSplits, Dataset, batches, load_data
+from ..data import Dataset, DataSplits, batches, load_data
 from ..errors import ConfigError
 from ..evaluate import evaluate
 from ..metrics import read_metrics

@@ -20,7 +20,7 @@ class DigitsSource:
     tabular = False
 
     def load(self, root: Path, download: bool = True, timeout: float = 30, cfg: DataConfig | None = None) -> Arrays:
-        from sklearn.datasets import load_digits  # scikit-learn is imported only for this bundled set
+        from sklearn.datasets import load_digits  # noqa: PLC0415  (scikit-learn: imported only for this bundled set)
 
         d = load_digits()
         x = d.images.astype(np.uint8)[:, None]                    # (N, 1, 8, 8), values 0..16

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageMode, ImageOps
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
@@ -88,8 +89,6 @@ def _image_files(folder: Path) -> tuple[list[Path], np.ndarray | None, tuple[str
 
 def _read_image(path: Path, size: int | None) -> np.ndarray:
     """(H, W) uint8 for a grey image, (H, W, 3) for a colour one, resized to size x size."""
-    from PIL import Image, ImageMode, ImageOps
-
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)  # camera JPEGs: the orientation the viewer shows
