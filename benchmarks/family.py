@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write  # noqa: E402
 from vaekit import DataConfig, Dataset, ModelConfig, RunConfig, TrainConfig, fit, load_data, load_model  # noqa: E402
 from vaekit.checkpoint import has_checkpoint  # noqa: E402
-from vaekit.evaluate import code_report, log_likelihood  # noqa: E402
+from vaekit.evaluate import log_likelihood  # noqa: E402
 from vaekit.sampling import sample_run  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -95,7 +95,7 @@ def main() -> None:
             row.update(nll=r["nll"], nll_se=r["nll_se"], neg_elbo=r["neg_elbo"], recon=r["recon"], kl=r["kl"],
                        active_units=r["active_units"], eval_seconds=r["seconds"], k=r["k"], n=r["n"])
         else:
-            c = code_report(model, test)
+            c = model.evaluation_extras(test)["codes"]
             row.update(recon=c["recon"], nll_bound=c["nll_bound"], prior_nll=c["prior_nll"], perplexity=c["perplexity"],
                        dead_codes=c["dead_codes"], n=len(test))
         if model.conditional:
