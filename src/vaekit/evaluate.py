@@ -67,11 +67,11 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
     batch_size = batch_size or max(1, max_rows // chunk)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size {chunk_size} is impossible: hold at least one sample per image at a time")
+    was_training, t0 = model.training, time.perf_counter()   # the time includes compiling
+    model.eval()
     log_w_fn = _log_w_function(len(ds) * k >= 10**7 if compile is None else compile, model, ds, precision,
                                min(batch_size, len(ds)), chunk)
     prior = model.prior()
-    was_training, t0 = model.training, time.perf_counter()
-    model.eval()
     # Results go into tensors allocated up front: small tensors kept from each batch would sit between
     # the chunks' large freed buffers and fragment glibc's heap (fp32 grew by 0.1 GB/s before this).
     n = len(ds)
