@@ -115,6 +115,7 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu", checkpoint: st
     config = load_config(run_dir)
     model = build_model(config.model)
     epoch = load_weights(run_dir, model, checkpoint)
+    check_finite(model, f"{run_dir} ({checkpoint})")
     return model.to(resolve_device(str(device))).eval(), config, epoch
 
 
@@ -138,7 +139,26 @@ def load_weights(run_dir: Path, model: torch.nn.Module, checkpoint: str = "last"
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
         raise CheckpointError(f"the weights in {run_dir} do not fit its config.json ({first}); was the config edited?") from None
-    return int(meta["epoch"])
+    return _epoch(meta, run_dir)
+
+
+def _epoch(meta: dict, run_dir: Path) -> int:
+    try:
+        epoch = int(meta["epoch"])
+    except (KeyError, ValueError):
+        epoch = -1
+    if epoch < 0:
+        raise CheckpointError(f"the checkpoint in {run_dir} has no valid epoch in its metadata; it was not written by "
+                              "vaekit or was altered: train a new run")
+    return epoch
+
+
+def check_finite(model: torch.nn.Module, where) -> None:
+    """Refuse weights holding NaN or Inf: a model that has diverged must not be evaluated, sampled or drawn."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"the weights in {where} hold NaN or Inf ({bad[0]}{' ...' if len(bad) > 1 else ''}); "
+                              "the run diverged: resume it from a finite checkpoint with a lower --lr, or retrain")
 
 
 def load_trainer_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> dict:
@@ -147,7 +167,9 @@ def load_trainer_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> dict:
     try:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["optimizer"])))
         state = json.loads(meta["state"])
-    except (KeyError, ValueError, RuntimeError) as e:
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+            raise ValueError("no epoch in the trainer state")
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"the trainer state in {run_dir} does not fit this run ({e}); start a new run") from None
     state["tensors"] = {k.removeprefix("state/"): v for k, v in tensors.items() if k.startswith("state/")}
     return state

@@ -12,7 +12,11 @@ A default of None means "chosen from the other options" (vaekit.resolve), in the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +66,45 @@ def unknown(section: type, name: str, value, choices) -> ConfigError:
     return ConfigError(f"{name} {value!r} is unknown ({field_ref(section, name)}); choose one of {', '.join(map(str, choices))}")
 
 
+@functools.cache
+def _hints(section: type) -> dict:
+    return typing.get_type_hints(section)
+
+
+def _accepts(hint, value) -> bool:
+    """Whether a JSON or Python value fits a field's annotation (int, float, str, bool, tuples, Optional)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (tuple, list)):
+            return False
+        if args[-1] is Ellipsis:
+            return all(_accepts(args[0], v) for v in value)
+        return len(value) == len(args) and all(_accepts(a, v) for a, v in zip(args, value, strict=True))
+    return True
+
+
+def check_types(section: type, cfg) -> None:
+    """Each field holds a value of its annotated type: a config.json edited by hand (2.5 for an int, a string
+    for a number, NaN) is a one-line error, not a crash later."""
+    for name, hint in _hints(section).items():
+        value = getattr(cfg, name)
+        if not _accepts(hint, value):
+            kind = str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise impossible(section, name, value, f"it must be {kind}")
+
+
 def _check_choice(section: type, cfg, name: str, choices) -> None:
     if getattr(cfg, name) not in choices:
         raise unknown(section, name, getattr(cfg, name), choices)
@@ -98,8 +141,9 @@ class ModelConfig:
     codebook_ema: bool = option(False, "vqvae: move the codes by exponential moving averages (decay 0.99)")
 
     def __post_init__(self):
-        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
-        object.__setattr__(self, "hidden_dims", tuple(int(d) for d in self.hidden_dims))
+        check_types(ModelConfig, self)
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
         for name in ("latent_dim", "obs_std", "codebook_size", "code_dim"):
             _check_positive(ModelConfig, self, name)
         _check_positive(ModelConfig, self, "num_classes", allow_zero=True)
@@ -122,6 +166,7 @@ class DataConfig:
     test_fraction: float = option(0.1, "folder, npy, csv: share held out as the test set (fixed seed)")
 
     def __post_init__(self):
+        check_types(DataConfig, self)
         _check_choice(DataConfig, self, "pixels", PIXEL_MODES)
         _check_positive(DataConfig, self, "val_size", allow_zero=True, optional=True)
         _check_positive(DataConfig, self, "limit", optional=True)
@@ -131,7 +176,7 @@ class DataConfig:
                 raise impossible(DataConfig, "path", self.path, "give the file or folder to read")
             # stored absolute, so eval / sample / plot of the run find the file from any folder
             object.__setattr__(self, "path", str(Path(str(self.path)).expanduser().absolute()))
-        if not isinstance(self.test_fraction, (int, float)) or not 0 < self.test_fraction < 1:
+        if not 0 < self.test_fraction < 1:
             raise impossible(DataConfig, "test_fraction", self.test_fraction, "it must be between 0 and 1 (e.g. 0.1)")
 
 
@@ -161,17 +206,21 @@ class TrainConfig:
     max_minutes: float | None = option(None, "stop after the epoch in which this invocation has trained this long "
                                        "(a budget per invocation; --resume may change it)")
     early_stop: int | None = option(None, "stop after N epochs without a better validation loss", metavar="N")
+    checkpoint_every: float = option(5.0, "minutes between mid-epoch checkpoints (a kill loses at most this much)",
+                                     metavar="MINUTES")
     seed: int = option(0, "seed of the weights, the shuffling and the binarisation")
     device: str = option("auto", "auto, cpu or cuda")
     precision: str = option("auto", "auto (bf16 autocast where this machine runs it faster; measured once and cached), "
                             "fp32 or bf16; weights and sums stay fp32")
 
     def __post_init__(self):
+        check_types(TrainConfig, self)
         for name in ("beta", "kl_warmup_epochs", "capacity", "capacity_epochs", "gamma", "commitment", "prior_epochs", "epochs"):
             _check_positive(TrainConfig, self, name, allow_zero=True)
         for name in ("mc_samples", "batch_size", "lr", "e_steps", "m_steps", "adam_eps"):
             _check_positive(TrainConfig, self, name)
         _check_positive(TrainConfig, self, "max_minutes", optional=True)
+        _check_positive(TrainConfig, self, "checkpoint_every")
         _check_positive(TrainConfig, self, "early_stop", optional=True)
         _check_choice(TrainConfig, self, "kl", KL_MODES)
         _check_choice(TrainConfig, self, "lr_schedule", LR_SCHEDULES)
@@ -194,7 +243,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        if not isinstance(d, dict) or set(d) - set(SECTIONS):
+        if not isinstance(d, dict) or set(d) - set(SECTIONS) or any(v is None for v in d.values()):
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise ConfigError(f"a run config has the sections {', '.join(SECTIONS)}; got {got}")
         return cls(**{k: _build(SECTIONS[k], d.get(k, {})) for k in SECTIONS})

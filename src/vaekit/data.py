@@ -141,12 +141,15 @@ def default_val_size(n_train: int) -> int:
     return min(VAL_MAX, int(VAL_SHARE * n_train)) if n_train >= 10 else 0
 
 
-def batches(ds: Dataset, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False):
-    """Yield (x, y) batches: index slices of one permutation; re-binarised if ds.binarise."""
+def batches(ds: Dataset, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False,
+            order: torch.Tensor | None = None, start: int = 0):
+    """Yield (x, y) batches: index slices of one permutation (`order`, or drawn here with shuffle), from batch
+    number `start` on; re-binarised if ds.binarise."""
     n = len(ds)
-    order = torch.randperm(n, generator=generator, device=ds.x.device) if shuffle else None
-    for i in range(0, n, batch_size):
-        sl = order[i:i + batch_size] if shuffle else slice(i, i + batch_size)
+    if order is None and shuffle:
+        order = torch.randperm(n, generator=generator, device=ds.x.device)
+    for i in range(start * batch_size, n, batch_size):
+        sl = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
         xb = ds.x[sl]
         if ds.binarise:
             xb = torch.bernoulli(xb, generator=generator)

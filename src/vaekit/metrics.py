@@ -12,12 +12,29 @@ METRICS = "metrics.jsonl"
 TERMS = ("loss", "recon", "kl", "neg_elbo")
 
 
-def read_metrics(run_dir: Path, upto: int | None = None) -> list[dict]:
-    """The records of RUN/metrics.jsonl (those of epochs <= upto)."""
+def read_metrics(run_dir: Path, upto: int | None = None, log=None) -> list[dict]:
+    """The records of RUN/metrics.jsonl (those of epochs <= upto). An append-only file may end torn (a full
+    disk, a kill mid-write) or hold a garbled line: such lines are dropped, and reported to `log`."""
     path = Path(run_dir) / METRICS
-    if not path.is_file():
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, dropped = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and not isinstance(row["epoch"], bool):
+            rows.append(row)
+        else:
+            dropped.append(number)
+    if dropped and log:
+        log(f"{path}: dropped {len(dropped)} unreadable line(s) (line {', '.join(map(str, dropped[:5]))}); "
+            "the checkpoint, not this file, says where training stands")
     return rows if upto is None else [r for r in rows if r["epoch"] <= upto]
 
 

@@ -8,10 +8,13 @@ Nothing here knows which model it trains: what is special about a model is in it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from .config import RunConfig, TrainConfig
 from .data import Dataset, DataSplits, batches, load_data
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
+from .guard import DivergedError, Guard, step_is_finite, weights_finite
 from .metrics import METRICS, append_metric, read_metrics, summary, write_metrics
 from .models import LatentModel, build_model
 from .objectives import LossContext, get_loss
@@ -32,7 +36,7 @@ from .resolve import check_applicable, check_names, differences, reads_of, resol
 from .rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
 from .runtime import autocast, resolve_device, resolve_precision
 
-RESUMABLE = ("epochs", "max_minutes", "early_stop", "device")  # what a resumed run may change
+RESUMABLE = ("epochs", "max_minutes", "early_stop", "checkpoint_every", "device")  # what a resumed run may change
 Hook = Callable[[dict, torch.nn.Module], None]  # called after each epoch with (record, model)
 
 
@@ -61,9 +65,12 @@ class Session:
     history: list[dict] = field(default_factory=list)
     best_loss: float = math.inf      # the lowest validation loss so far, and its epoch (0: none)
     best_epoch: int = 0
-    state: dict | None = None        # the trainer state of the last epoch this call finished
+    state: dict | None = None        # the trainer state of the last checkpoint this call wrote
     created: list[Path] = field(default_factory=list)   # what a failed new run removes again
     lock: RunLock | None = None      # held while this call trains the run
+    guard: Guard | None = None       # the NaN/Inf guard (skips, roll-backs, the learning-rate scale)
+    position: dict | None = None     # where a mid-epoch checkpoint left the epoch (step, sums, epoch_rng)
+    stop_signal: int = 0             # SIGINT or SIGTERM received: save and stop after this step
 
 
 def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
@@ -74,13 +81,14 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
     progress = sys.stderr.isatty() if progress is None else progress
     started, stopped = time.perf_counter(), None
     try:
-        for epoch in range(s.start, s.config.train.epochs):
-            record = train_epoch(s, epoch, progress)
-            end_epoch(s, record, hooks, log)
-            stopped = stop_reason(s, epoch, started)
-            if stopped:
-                log(stopped)
-                break
+        with stop_on_signals(s):
+            for epoch in range(s.start, s.config.train.epochs):
+                record = train_epoch(s, epoch, progress)
+                end_epoch(s, record, hooks, log)
+                stopped = stop_reason(s, epoch, started)
+                if stopped:
+                    log(stopped)
+                    break
         finish(s, log)
     except BaseException:
         _remove_unfinished(s)
@@ -119,13 +127,14 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     check_support(model, data)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, eps=tcfg.adam_eps, fused=True)  # one kernel for all parameters
     s = Session(config, run_dir, model, optimizer, torch.Generator(device=device).manual_seed(tcfg.seed),
-                data.train.to(device), data.val.to(device) if data.val is not None else None, precision, lock=lock)
+                data.train.to(device), data.val.to(device) if data.val is not None else None, precision, lock=lock,
+                guard=Guard(model, optimizer, log=log))
     try:
         _restore(s) if resume else _create(s)
     except BaseException:
         lock.release()
         raise
-    s.history = read_metrics(run_dir, upto=s.start)
+    s.history = read_metrics(run_dir, upto=s.start, log=log)
     write_metrics(run_dir, s.history)   # drops lines of epochs past the checkpoint
     if s.start < tcfg.epochs:
         log(banner(s, data.name))
@@ -149,8 +158,13 @@ def _restore(s: Session) -> None:
     state = load_trainer_state(s.run_dir, s.optimizer)
     s.start = state["epoch"]
     s.best_loss, s.best_epoch = state.get("best_loss", math.inf), state.get("best_epoch", 0)
-    torch.set_rng_state(state["tensors"]["torch_rng"])
-    s.generator.set_state(state["tensors"]["data_rng"].to(s.generator.get_state().device))
+    s.guard.lr_scale = state.get("lr_scale", 1.0)
+    s.guard.snapshot()
+    tensors = state["tensors"]
+    torch.set_rng_state(tensors["torch_rng"])
+    s.generator.set_state(tensors["data_rng"].to(s.generator.get_state().device))
+    if state.get("step"):   # saved mid-epoch: train_epoch starts there
+        s.position = {"step": state["step"], "sums": state["sums"], "epoch_rng": tensors["epoch_rng"]}
 
 
 def _check_new(run_dir: Path) -> None:
@@ -214,19 +228,31 @@ def banner(s: Session, data_name: str) -> str:
 
 
 def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
-    """One pass over the shuffled training set; the epoch's mean loss terms."""
+    """One pass over the shuffled training set (from the saved position, after a mid-epoch resume); the
+    epoch's mean loss terms. Saves mid-epoch state every checkpoint_every minutes and on SIGINT/SIGTERM."""
     tcfg, model, n = s.config.train, s.model, len(s.train)
     model.train()
-    lr = learning_rate(tcfg, epoch)
-    for group in s.optimizer.param_groups:
-        group["lr"] = lr
     loss_fn = get_loss(tcfg.loss)
     ctx = LossContext(tcfg, epoch, n)
     steps_per_epoch = math.ceil(n / tcfg.batch_size)
-    t0 = time.perf_counter()
-    sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
-    bar = tqdm(total=n, unit="img", unit_scale=True, leave=False, desc=f"epoch {epoch + 1}/{tcfg.epochs}") if progress else None
-    for i, (xb, yb) in enumerate(batches(s.train, tcfg.batch_size, s.generator, shuffle=True)):
+    position, s.position = s.position, None
+    if position is None:   # a fresh epoch: its permutation is the generator's next draw
+        epoch_rng, start, sums = s.generator.get_state(), 0, {"loss": 0.0, "recon": 0.0, "kl": 0.0, "seen": 0.0}
+        order = torch.randperm(n, generator=s.generator, device=s.train.x.device)
+    else:                  # resumed mid-epoch: the same permutation, then the generator where it stood
+        epoch_rng, start, sums = position["epoch_rng"], position["step"], position["sums"]
+        data_rng = s.generator.get_state()
+        s.generator.set_state(epoch_rng)
+        order = torch.randperm(n, generator=s.generator, device=s.train.x.device)
+        s.generator.set_state(data_rng)
+    t0 = last_save = time.perf_counter()
+    params = list(model.parameters())
+    bar = tqdm(total=n, initial=min(n, start * tcfg.batch_size), unit="img", unit_scale=True, leave=False,
+               desc=f"epoch {epoch + 1}/{tcfg.epochs}") if progress else None
+    for i, (xb, yb) in enumerate(batches(s.train, tcfg.batch_size, s.generator, order=order, start=start), start):
+        lr = learning_rate(tcfg, epoch) * s.guard.lr_scale
+        for group in s.optimizer.param_groups:
+            group["lr"] = lr
         with autocast(model.device, s.precision):
             terms = loss_fn(model.given(yb), xb, dataclasses.replace(ctx, epoch=epoch + i * tcfg.batch_size / n))
         loss = terms["loss"].mean()
@@ -234,17 +260,75 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         loss.backward()
         if tcfg.schedule == "alternating":
             hold_fixed(model, tcfg, epoch * steps_per_epoch + i)
-        s.optimizer.step()
-        for k in sums:
-            sums[k] += terms[k].detach().sum().item()
+        values = torch.stack([terms[k].detach().sum() for k in ("loss", "recon", "kl")]
+                             + [step_is_finite(loss, params)]).tolist()   # one host synchronisation per step
+        if s.guard.record(values[3] == 1.0):
+            s.optimizer.step()
+            for k, v in zip(("loss", "recon", "kl"), values, strict=False):
+                sums[k] += v
+            sums["seen"] += len(xb)
         if bar is not None:
             bar.update(len(xb))
-            bar.set_postfix(loss=f"{loss.item():.2f}", refresh=False)
+            bar.set_postfix(loss=f"{values[0] / len(xb):.2f}", refresh=False)
+        if s.stop_signal or time.perf_counter() - last_save >= 60 * tcfg.checkpoint_every:
+            save_position(s, epoch, i + 1, sums, epoch_rng)
+            last_save = time.perf_counter()
+            if s.stop_signal:
+                raise Interrupted(s.stop_signal, f"after epoch {epoch} and {i + 1} of its {steps_per_epoch} steps")
     if bar is not None:
         bar.close()
-    means = {f"train_{k}": v / n for k, v in sums.items()}
-    return {"epoch": epoch + 1, "lr": lr, **means, "train_neg_elbo": means["train_recon"] + means["train_kl"],
-            "train_seconds": time.perf_counter() - t0, "t0": t0}
+    seen = max(sums.pop("seen"), 1.0)
+    means = {f"train_{k}": v / seen for k, v in sums.items()}
+    record = {"epoch": epoch + 1, "lr": learning_rate(tcfg, epoch) * s.guard.lr_scale, **means,
+              "train_neg_elbo": means["train_recon"] + means["train_kl"]}
+    if s.guard.skipped or s.guard.rollbacks:
+        record.update(skipped_steps=s.guard.skipped, rollbacks=s.guard.rollbacks)
+    return {**record, "train_seconds": time.perf_counter() - t0, "t0": t0}
+
+
+def save_position(s: Session, epoch: int, step: int, sums: dict, epoch_rng: torch.Tensor) -> None:
+    """A mid-epoch checkpoint: the weights and optimiser now, and where in the epoch they stand (the step,
+    the sums so far, the generator state at the epoch's start and now), so resuming is bit-exact."""
+    if not weights_finite(s.model):
+        return   # never a non-finite checkpoint: the guard rolls back at the next bad step
+    state = {**_state(s, epoch), "step": step, "sums": sums}
+    state["tensors"]["epoch_rng"] = epoch_rng.cpu()
+    save_checkpoint(s.run_dir, s.model, s.optimizer, state)
+    s.state = state
+    s.guard.snapshot()
+
+
+def _state(s: Session, finished_epochs: int) -> dict:
+    return {"epoch": finished_epochs, "best_loss": s.best_loss, "best_epoch": s.best_epoch, "lr_scale": s.guard.lr_scale,
+            "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": s.generator.get_state().cpu()}}
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: the step finished and the position was saved; the exit code is 128 + the signal."""
+
+    def __init__(self, signum: int, where: str):
+        super().__init__(where)
+        self.signum, self.where = signum, where
+
+
+@contextlib.contextmanager
+def stop_on_signals(s: Session):
+    """SIGINT and SIGTERM set a flag the loop reads after each step (only in the main thread, where Python
+    delivers signals); the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        s.stop_signal = signum
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def end_epoch(s: Session, record: dict, hooks, log) -> None:
@@ -255,14 +339,20 @@ def end_epoch(s: Session, record: dict, hooks, log) -> None:
         record.update({f"val_{k}": v for k, v in terms.items()})
         record.update({f"val_{k}": v for k, v in s.model.validation_extras(s.val).items()})
     record.update(seconds=time.perf_counter() - t0, images_per_s=len(s.train) / train_seconds, precision=s.precision)
+    numbers = [v for v in record.values() if isinstance(v, float)]
+    if not weights_finite(s.model) or not all(math.isfinite(v) for v in numbers):
+        # nothing non-finite is ever saved: back to the last good state, and this epoch is not recorded
+        s.guard.roll_back(f"epoch {record['epoch']} ended with non-finite weights or losses")
+        raise DivergedError(f"training diverged in epoch {record['epoch']} (non-finite weights or losses); the run keeps "
+                            "its last finite checkpoint: retrain with a lower --lr (or resume it to try again)")
     s.history.append(record)
     append_metric(s.run_dir, record)  # before the checkpoint: a resume drops lines past it
     if s.val is not None and record["val_loss"] < s.best_loss:
         s.best_loss, s.best_epoch = record["val_loss"], record["epoch"]
         save_best(s.run_dir, s.model, record["epoch"])
-    s.state = {"epoch": record["epoch"], "best_loss": s.best_loss, "best_epoch": s.best_epoch,
-               "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": s.generator.get_state().cpu()}}
+    s.state = _state(s, record["epoch"])
     save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
+    s.guard.snapshot()
     log(summary(record, tcfg.epochs))
     for hook in hooks:
         hook(record, s.model)
