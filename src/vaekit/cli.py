@@ -7,8 +7,11 @@ help and defaults are those of the library.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from .presets import PRESETS, get_preset
 from .registry import list_components
 from .report import write_report
 from .sampling import sample_run
-from .train import fit
+from .train import Interrupted, fit
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,6 +44,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="last", choices=CHECKPOINTS,
                    help="the weights to use: last (the last finished epoch) or best (the lowest validation loss) (default: last)")
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="use the run's data even if its files changed since training (the splits or labels may differ)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +137,11 @@ def _add_figure_commands(sub) -> None:
 
 def _train(args) -> int:
     if args.resume:
+        ignored = [flag for flag, value in (("--run-dir", args.run_dir), ("--preset", args.preset), ("--config", args.config))
+                   if value]
+        if ignored:
+            raise VaekitError(f"{' and '.join(ignored)} cannot be used with --resume, which continues RUN with its own "
+                              "config in its own folder; drop them")
         run_dir = Path(args.resume)
         config = config_from_args(args, base=load_config(run_dir))
         fit(config, run_dir, resume=True, progress=args.progress)
@@ -150,7 +160,7 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     r = evaluate_run(args.run, args.split, args.mc_samples, args.device, args.data_dir, args.seed,
-                     args.nll_k, args.chunk_size, args.precision, args.checkpoint)
+                     args.nll_k, args.chunk_size, args.precision, args.checkpoint, args.allow_changed_data)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -173,7 +183,7 @@ def _eval(args) -> int:
 
 def _sample(args) -> int:
     sample_run(args.run, args.n, args.out, args.temperature, args.seed, args.nrow, args.scale, args.device, args.label,
-               noise=args.noise, checkpoint=args.checkpoint)
+               noise=args.noise, checkpoint=args.checkpoint, allow_changed_data=args.allow_changed_data)
     return 0
 
 
@@ -189,19 +199,19 @@ def _plot_options(args) -> PlotOptions:
 
 def _plot(args) -> int:
     plot_run(args.run, args.kind, args.out, _plot_options(args), device=args.device, data_dir=args.data_dir,
-             checkpoint=args.checkpoint)
+             checkpoint=args.checkpoint, allow_changed_data=args.allow_changed_data)
     return 0
 
 
 def _compare(args) -> int:
     compare_runs(args.runs, args.kind, args.out, _plot_options(args), device=args.device, data_dir=args.data_dir,
-                 checkpoint=args.checkpoint)
+                 checkpoint=args.checkpoint, allow_changed_data=args.allow_changed_data)
     return 0
 
 
 def _report(args) -> int:
     write_report(args.run, args.out, _plot_options(args), device=args.device, data_dir=args.data_dir,
-                 checkpoint=args.checkpoint)
+                 checkpoint=args.checkpoint, allow_changed_data=args.allow_changed_data)
     return 0
 
 
@@ -219,8 +229,29 @@ COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "demo": _demo,
             "plot": _plot, "compare": _compare, "report": _report, "list": _list}
 
 
+def os_error(e: OSError) -> str:
+    """An OSError as one line that says what to do."""
+    where = f" {e.filename}" if e.filename else ""
+    fixes = {errno.ENOSPC: f"the disk is full writing{where}: free some space and run again",
+             errno.EDQUOT: f"the disk quota is used up writing{where}: free some space and run again",
+             errno.EROFS: f"{where.strip() or 'the folder'} is on a read-only file system; choose a writable folder",
+             errno.EACCES: f"permission denied:{where}; choose a folder you may write to",
+             errno.EPERM: f"operation not permitted:{where}; choose a folder you may write to",
+             errno.ENOTDIR: f"a part of{where} is a file, not a folder; choose another path",
+             errno.EISDIR: f"{where.strip()} is a folder; give a file name",
+             errno.ENOENT: f"{where.strip()} does not exist"}
+    return fixes.get(e.errno, f"{e.strerror or e}{':' + where if where else ''}")
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt   # outside the training loop SIGTERM stops like Ctrl-C: one line, exit 143
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    terminated = []
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum) or _terminate(signum, frame))
     try:
         return COMMANDS[args.command](args)
     except VaekitError as e:
@@ -228,9 +259,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose and e.details:
             print(e.details, file=sys.stderr)
         return 2
+    except Interrupted as e:
+        name = signal.Signals(e.signum).name
+        print(f"vaekit: stopped by {name} {e.where}; the run is saved there: continue with "
+              f"`vaekit train --resume {e.run_dir}`", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print("vaekit: interrupted; finished epochs are saved (continue with `vaekit train --resume RUN`)", file=sys.stderr)
-        return 130
+        print("vaekit: interrupted; nothing past the last checkpoint was saved", file=sys.stderr)
+        return 143 if terminated else 130
+    except OSError as e:
+        print(f"vaekit: error: {os_error(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("vaekit: error: not enough memory for this request; ask for fewer or smaller things", file=sys.stderr)
+        return 2
+    except RuntimeError as e:   # torch reports a failed allocation as a RuntimeError
+        if "allocate" not in str(e) and "out of memory" not in str(e):
+            raise
+        print(f"vaekit: error: not enough memory ({str(e).splitlines()[0][:120]}); ask for fewer or smaller things",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ SCHEDULES = tuple(SCHEDULE_READS)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 CHECKPOINTS = ("last", "best")               # which weights eval / sample / plot load
+MAX_IMAGE_SIZE = 4096                        # --image-size: 4096 x 4096 x 3 floats is 200 MB per image already
 
 
 def option(default, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), metavar=None,
@@ -164,6 +165,7 @@ class DataConfig:
     image_size: int | None = option(None, "folder: resize every image to N x N", metavar="N")
     label_column: str | None = option(None, "csv: the column of class labels (not a feature)", metavar="NAME")
     test_fraction: float = option(0.1, "folder, npy, csv: share held out as the test set (fixed seed)")
+    fingerprint: str | None = option(None, "size and hash of the data files read, filled in at train time", cli=False)
 
     def __post_init__(self):
         check_types(DataConfig, self)
@@ -171,6 +173,8 @@ class DataConfig:
         _check_positive(DataConfig, self, "val_size", allow_zero=True, optional=True)
         _check_positive(DataConfig, self, "limit", optional=True)
         _check_positive(DataConfig, self, "image_size", optional=True)
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            raise impossible(DataConfig, "image_size", self.image_size, f"use at most {MAX_IMAGE_SIZE} pixels per side")
         if self.path is not None:
             if not str(self.path).strip():
                 raise impossible(DataConfig, "path", self.path, "give the file or folder to read")

@@ -7,6 +7,8 @@ bundled sets, the user's files) is vaekit.sources.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,10 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
     to_y = lambda arr: None if arr is None else torch.from_numpy(np.asarray(arr, dtype=np.int64))  # noqa: E731
     take = lambda y, idx: None if y is None else y[idx]  # noqa: E731
     x, y = to_x(a.train_x), to_y(a.train_y)
+    for name, values in (("training", x), ("test", None if a.test_x is None else to_x(a.test_x))):
+        if values is not None and not torch.isfinite(values).all():   # checked after the cast: 1e39 is inf in float32
+            raise DataError(f"{cfg.path or cfg.source}: the {name} data hold values that are NaN, infinite or beyond float32's "
+                            "range (|x| > 3.4e38); replace or rescale them")
     if a.test_x is None:
         if len(x) < 2:
             raise DataError(f"{cfg.path or cfg.source} holds {len(x)} example(s); it needs at least 2 (train and test)")
@@ -131,6 +137,40 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
                 ds.x = torch.bernoulli(ds.x, generator=g)
         train.binarise = cfg.pixels == "dynamic"
     return DataSplits(train, val, test, cfg.source, a.columns, mean, std, a.class_names, a.label_name)
+
+
+def fingerprint(cfg: DataConfig) -> str | None:
+    """Count, size and SHA-256 of the files a source reads (None for data that ships with a package): a run
+    keeps it, so a data file edited after training is noticed instead of silently changing the splits."""
+    files = sorted(SOURCES[cfg.source].files(data_root(cfg.data_dir), cfg))
+    if not files:
+        return None
+    digest, total = hashlib.sha256(), 0
+    for path in files:
+        data = path.read_bytes()
+        total += len(data)
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return f"{len(files)} file(s), {total} bytes, sha256 {digest.hexdigest()[:20]}"
+
+
+def check_unchanged(cfg: DataConfig, allow_changed: bool = False) -> None:
+    """Refuse data whose files differ from those the run was trained on (unless allowed)."""
+    if cfg.fingerprint is None or allow_changed:
+        return
+    now = fingerprint(cfg)
+    if now != cfg.fingerprint:
+        raise DataError(f"the data of this run ({cfg.path or cfg.source}) changed since it was trained (then {cfg.fingerprint}, "
+                        f"now {now}): its test split or label numbers may differ; pass --allow-changed-data to use it anyway")
+
+
+def load_run_data(cfg: DataConfig, data_dir: str | None = None, allow_changed: bool = False) -> DataSplits:
+    """The data of a saved run, for eval / sample / plot: never downloaded (a data_dir in config.json does not
+    make folders appear), and checked against the run's fingerprint."""
+    if data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=data_dir)
+    data = load_data(cfg, download=False)
+    check_unchanged(cfg, allow_changed)
+    return data
 
 
 VAL_SHARE, VAL_MAX = 0.1, 5000   # the default validation split: 10% of the training set, at most 5,000 (MNIST: 5,000)

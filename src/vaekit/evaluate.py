@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import TrainConfig
-from .data import Dataset, batches, load_data
+from .data import Dataset, batches, load_run_data
 from .distributions import DiagonalGaussian
 from .errors import ConfigError
 from .graph_rewrites import compile_for_evaluation
@@ -146,7 +146,7 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
 
 def evaluate_run(run_dir: str | Path, split: str = "test", mc_samples: int | None = None, device: str = "auto",
                  data_dir: str | None = None, seed: int = 0, nll_k: int | None = None, chunk_size: int | None = None,
-                 precision: str | None = None, checkpoint: str = "last") -> dict:
+                 precision: str | None = None, checkpoint: str = "last", allow_changed_data: bool = False) -> dict:
     """`vaekit eval RUN`: the training loss terms on the test (or validation) split and, with
     nll_k, the importance-sampled negative log-likelihood with that many samples. `precision`
     defaults to the training precision for the loss terms and to auto for the NLL."""
@@ -155,10 +155,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", mc_samples: int | Non
     if nll_k is not None and not model.stochastic:
         raise ConfigError(f"--nll-k estimates log p(x) by importance sampling from q(z|x); model {config.model.model!r} "
                           f"has no stochastic encoder{model.nll_hint}; use it on a vae or cvae run")
-    data_cfg = config.data if data_dir is None else dataclasses.replace(config.data, data_dir=data_dir)
     if split not in ("test", "val"):
         raise ConfigError(f"split {split!r} is unknown; use test or val")
-    ds = getattr(load_data(data_cfg), split)
+    ds = getattr(load_run_data(config.data, data_dir, allow_changed_data), split)
     if ds is None:
         raise ConfigError(f"the run {run_dir} was trained with --val-size 0: it has no validation split")
     ds = ds.to(dev)

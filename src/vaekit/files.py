@@ -9,6 +9,7 @@ Checkpoints, data downloads, figures, reports and config.json all go through her
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -43,10 +44,35 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _remove_orphans(path: Path) -> None:
+    """Temporary files of `path` left by writers that were killed (their process is gone): removed, so a
+    SIGKILL during a write leaves nothing behind for good."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp$")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        m = pattern.match(sibling.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            sibling.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically: readers see the old file or the whole new one, never a part."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    _remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -109,9 +109,9 @@ def report_html(run, figures: list[tuple[str, bytes]], skipped: list[tuple[str, 
 
 def write_report(run_dir, out: str | Path | None = None, options: PlotOptions | None = None, *,
                  device: str = "cpu", data_dir: str | None = None, figures_dir: str | Path | None = None,
-                 checkpoint: str = "last", log=print) -> Path:
+                 checkpoint: str = "last", allow_changed_data: bool = False, log=print) -> Path:
     """`vaekit report RUN`: write RUN/report.html (or `out`); with figures_dir, also each figure as a PNG there."""
-    run = open_run(run_dir, device, data_dir, checkpoint)
+    run = open_run(run_dir, device, data_dir, checkpoint, allow_changed_data)
     options = options or PlotOptions()
     out = Path(out) if out else run.dir / "report.html"
     if out.is_dir():

@@ -114,7 +114,7 @@ def differences(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> lis
     out = []
     for name, section in SECTIONS.items():
         for f in dataclasses.fields(section):
-            if name == "train" and f.name in ignore:
+            if f.name in ignore:
                 continue
             va, vb = getattr(getattr(a, name), f.name), getattr(getattr(b, name), f.name)
             if va != vb:

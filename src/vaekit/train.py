@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import BEST, has_checkpoint, load_config, load_trainer_state, load_weights, save_best, save_checkpoint
 from .config import RunConfig, TrainConfig
-from .data import Dataset, DataSplits, batches, load_data
-from .errors import CheckpointError, ConfigError
+from .data import Dataset, DataSplits, batches, check_unchanged, fingerprint, load_data
+from .errors import CheckpointError, ConfigError, DataError
 from .evaluate import evaluate
 from .guard import DivergedError, Guard, step_is_finite, weights_finite
 from .metrics import METRICS, append_metric, read_metrics, summary, write_metrics
@@ -108,6 +108,11 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
             raise CheckpointError(f"{run_dir} has a config but no checkpoint yet; start it again without --resume")
         lock.acquire()
         try:
+            try:
+                check_unchanged(saved.data)
+            except DataError as e:
+                raise CheckpointError(f"cannot resume {run_dir}: {str(e).split('; pass')[0]}; resuming would mix two "
+                                      "data sets: start a new run") from None
             data = data or load_data(saved.data)
             config = _resumed_config(run_dir, saved, resolve(config, data))
         except BaseException:
@@ -119,6 +124,7 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
         data = data or load_data(config.data)
         config = resolve(config, data)
         check_applicable(config)
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, fingerprint=fingerprint(config.data)))
     tcfg = config.train
     device = resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)   # before seeding: it must not touch the RNG streams
@@ -145,7 +151,7 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
 
 def _resumed_config(run_dir: Path, saved: RunConfig, requested: RunConfig) -> RunConfig:
     """The saved config; the caller may only change what RESUMABLE names."""
-    changed = differences(saved, requested, ignore=RESUMABLE)
+    changed = differences(saved, requested, ignore=(*RESUMABLE, "fingerprint"))
     if changed:
         allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
         raise CheckpointError(f"the options differ from those {run_dir} was trained with ({'; '.join(changed)}); "
@@ -274,7 +280,8 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
             save_position(s, epoch, i + 1, sums, epoch_rng)
             last_save = time.perf_counter()
             if s.stop_signal:
-                raise Interrupted(s.stop_signal, f"after epoch {epoch} and {i + 1} of its {steps_per_epoch} steps")
+                raise Interrupted(s.stop_signal, f"in epoch {epoch + 1}, after {i + 1} of its {steps_per_epoch} steps",
+                                  s.run_dir)
     if bar is not None:
         bar.close()
     seen = max(sums.pop("seen"), 1.0)
@@ -306,9 +313,9 @@ def _state(s: Session, finished_epochs: int) -> dict:
 class Interrupted(Exception):
     """SIGINT or SIGTERM: the step finished and the position was saved; the exit code is 128 + the signal."""
 
-    def __init__(self, signum: int, where: str):
+    def __init__(self, signum: int, where: str, run_dir: Path):
         super().__init__(where)
-        self.signum, self.where = signum, where
+        self.signum, self.where, self.run_dir = signum, where, run_dir
 
 
 @contextlib.contextmanager

@@ -41,9 +41,10 @@ class Figures:
     skipped: dict[str, str] = field(default_factory=dict)    # kind -> reason
 
 
-def open_run(run: str | Path | Run, device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last") -> Run:
+def open_run(run: str | Path | Run, device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last",
+             allow_changed_data: bool = False) -> Run:
     """A run directory opened for figures (a Run passes through, so several figures share one load)."""
-    return run if isinstance(run, Run) else Run(run, device, data_dir, checkpoint)
+    return run if isinstance(run, Run) else Run(run, device, data_dir, checkpoint, allow_changed_data)
 
 
 def _options(options: PlotOptions | None, overrides: dict) -> PlotOptions:
@@ -67,11 +68,11 @@ def _write(kind: str, runs: list[Run], out: Path, opt: PlotOptions, log: Log) ->
 
 
 def plot(run, kind: str, out: str | Path | None = None, options: PlotOptions | None = None, *,
-         device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last", log: Log = print,
+         device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last", allow_changed_data: bool = False, log: Log = print,
          **overrides) -> Path | Skipped:
     """One figure kind of one run as a PNG (default RUN/figures/KIND.png); keyword overrides set PlotOptions fields."""
     kind = resolve_kinds([kind])[0]
-    r = open_run(run, device, data_dir, checkpoint)
+    r = open_run(run, device, data_dir, checkpoint, allow_changed_data)
     return _write(kind, [r], Path(out) if out else r.dir / "figures" / f"{kind}.png", _options(options, overrides), log)
 
 
@@ -114,17 +115,20 @@ def curves(run, out=None, options: PlotOptions | None = None, **kw) -> Path | Sk
 
 
 def _out_dir(out: Path) -> Path:
+    if out.is_symlink():
+        raise ConfigError(f"--out {out} is a symbolic link; vaekit writes figures only into a real folder (remove the "
+                          "link or give another --out)")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the figures")
     return out
 
 
 def plot_run(run, kinds=None, out: str | Path | None = None, options: PlotOptions | None = None, *,
-             device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last", log: Log = print,
+             device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last", allow_changed_data: bool = False, log: Log = print,
              **overrides) -> Figures:
     """`vaekit plot RUN`: each kind (default: all) as OUT/KIND.png (default OUT: RUN/figures)."""
     names, opt = resolve_kinds(kinds), _options(options, overrides)
-    r = open_run(run, device, data_dir, checkpoint)
+    r = open_run(run, device, data_dir, checkpoint, allow_changed_data)
     out = _out_dir(Path(out) if out else r.dir / "figures")
     result = Figures()
     for kind in names:
@@ -137,14 +141,14 @@ def plot_run(run, kinds=None, out: str | Path | None = None, options: PlotOption
 
 
 def compare_runs(runs, kinds=None, out: str | Path = "compare", options: PlotOptions | None = None, *,
-                 device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last", log: Log = print,
+                 device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last", allow_changed_data: bool = False, log: Log = print,
                  **overrides) -> Figures:
     """`vaekit compare RUN_A RUN_B ...`: each kind with the runs side by side, as OUT/compare-KIND.png;
     every panel names its run's model, latent_dim and test loss."""
     if isinstance(runs, (str, Path, Run)) or len(runs) < 2:
         raise ConfigError("compare needs at least two runs: vaekit compare RUN_A RUN_B ...")
     names, opt = resolve_kinds(kinds), _options(options, overrides)
-    opened = [open_run(r, device, data_dir, checkpoint) for r in runs]
+    opened = [open_run(r, device, data_dir, checkpoint, allow_changed_data) for r in runs]
     out = _out_dir(Path(out))
     result = Figures()
     for kind in names:

@@ -4,7 +4,6 @@ metrics, each loaded once and only when a figure asks for it; and the options fi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from ..checkpoint import load_model
 from ..config import option
-from ..data import Dataset, DataSplits, batches, load_data
+from ..data import Dataset, DataSplits, batches, load_run_data
 from ..errors import ConfigError
 from ..evaluate import evaluate
 from ..metrics import read_metrics
@@ -89,10 +88,11 @@ class PlotOptions:
 class Run:
     """A saved run opened for figures: weights + config now, test data and metrics on first use."""
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last"):
+    def __init__(self, run_dir: str | Path, device: str = "cpu", data_dir: str | None = None, checkpoint: str = "last",
+                 allow_changed_data: bool = False):
         self.dir = Path(run_dir)
         self.model, self.config, self.epoch = load_model(self.dir, resolve_device(device), checkpoint)
-        self.data_dir, self.checkpoint = data_dir, checkpoint
+        self.data_dir, self.checkpoint, self.allow_changed_data = data_dir, checkpoint, allow_changed_data
 
     @property
     def name(self) -> str:
@@ -142,8 +142,7 @@ class Run:
 
     @cached_property
     def data(self) -> DataSplits:
-        cfg = self.config.data if self.data_dir is None else dataclasses.replace(self.config.data, data_dir=self.data_dir)
-        return load_data(cfg)
+        return load_run_data(self.config.data, self.data_dir, self.allow_changed_data)
 
     @cached_property
     def test(self) -> Dataset:

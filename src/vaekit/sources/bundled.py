@@ -19,6 +19,9 @@ class DigitsSource:
     options = ()
     tabular = False
 
+    def files(self, root: Path, cfg: DataConfig | None = None) -> list[Path]:
+        return []   # the package's own data: nothing of the user's to fingerprint
+
     def load(self, root: Path, download: bool = True, timeout: float = 30, cfg: DataConfig | None = None) -> Arrays:
         from sklearn.datasets import load_digits  # noqa: PLC0415  (scikit-learn: imported only for this bundled set)
 

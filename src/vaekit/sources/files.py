@@ -44,6 +44,9 @@ class FolderSource:
     options = ("path", "image_size")   # the DataConfig fields it reads
     tabular = False
 
+    def files(self, root: Path, cfg: DataConfig | None = None) -> list[Path]:
+        return _image_files(_path(cfg, "folder", "a folder of images", folder=True))[0]
+
     def load(self, root: Path, download: bool = True, timeout: float = 30, cfg: DataConfig | None = None) -> Arrays:
         """Images directly in the folder (no labels), or in class sub-folders (labels: the sorted
         sub-folder names numbered 0, 1, ...). All images share one mode: RGB if any is colour,
@@ -92,6 +95,12 @@ def _read_image(path: Path, size: int | None) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)  # camera JPEGs: the orientation the viewer shows
+            if img.mode.startswith("I"):        # 16-bit grey (I;16) or 32-bit integer: convert("L") would clip to 255
+                wide = np.asarray(img).astype(np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or wide.max() > 255 else 255.0
+                img = Image.fromarray(np.round(wide.clip(0, top) * (255.0 / top)).astype(np.uint8))
+            elif img.mode == "F":
+                raise ValueError("floating-point pixels; save it as an 8- or 16-bit PNG")
             grey = ImageMode.getmode(img.mode).basemode == "L"
             img = img.convert("L" if grey else "RGB")
             if size is not None and img.size != (size, size):
@@ -108,6 +117,9 @@ class ArraySource:
 
     options = ("path",)
     tabular = False
+
+    def files(self, root: Path, cfg: DataConfig | None = None) -> list[Path]:
+        return [_path(cfg, "npy", "an .npy or .npz file", folder=False)]
 
     def load(self, root: Path, download: bool = True, timeout: float = 30, cfg: DataConfig | None = None) -> Arrays:
         """x is (N, D) rows, (N, H, W) grey images, or (N, C, H, W) images ((N, H, W, C) with C in
@@ -159,6 +171,9 @@ class CSVSource:
 
     options = ("path", "label_column")
     tabular = True   # no pixels in [0, 1]: the CLI trains it with a Gaussian likelihood by default
+
+    def files(self, root: Path, cfg: DataConfig | None = None) -> list[Path]:
+        return [_path(cfg, "csv", "a .csv file", folder=False)]
 
     def load(self, root: Path, download: bool = True, timeout: float = 30, cfg: DataConfig | None = None) -> Arrays:
         """Every column but the label column must hold a finite number in every row; load_data

@@ -90,6 +90,12 @@ class IDXSource:
         return Arrays(train_x[:, None], train_y, test_x[:, None], test_y, 255.0, class_names=self.class_names,
                       label_name=self.label_name)
 
+    def files(self, root: Path, cfg: DataConfig | None = None) -> list[Path]:
+        """The files load() reads (for the run's data fingerprint)."""
+        found = [_find(root / self.folder, f.name) for f in (self.train_images, self.train_labels, self.test_images,
+                                                             self.test_labels)]
+        return [f for f in found if f is not None]
+
     def _missing(self, folder: Path, missing, why: str, details: list[str] = ()) -> DataError:
         """A short line with the cause and the fix; the files and mirrors tried follow with --verbose."""
         names = ", ".join(f.name for f in missing)
