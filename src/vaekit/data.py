@@ -93,7 +93,9 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
             raise ConfigError(f"{name} ({field_ref(DataConfig, name)}) does not apply to data source {cfg.source!r}; "
                               f"it is for {users}")
     a = Arrays(*source.load(data_root(cfg.data_dir), download, download_timeout, cfg))
-    to_x = lambda arr: torch.from_numpy(np.array(arr, dtype=np.float32)).div_(a.scale or 1.0)  # noqa: E731
+    def to_x(arr) -> torch.Tensor:
+        with np.errstate(over="ignore"):   # values beyond float32 become inf here, and are refused just below
+            return torch.from_numpy(np.array(arr, dtype=np.float32)).div_(a.scale or 1.0)
     to_y = lambda arr: None if arr is None else torch.from_numpy(np.asarray(arr, dtype=np.int64))  # noqa: E731
     take = lambda y, idx: None if y is None else y[idx]  # noqa: E731
     x, y = to_x(a.train_x), to_y(a.train_y)

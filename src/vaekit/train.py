@@ -284,6 +284,9 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
                                   s.run_dir)
     if bar is not None:
         bar.close()
+    if sums["seen"] == 0 and n:
+        raise DivergedError(f"training diverged: no step of epoch {epoch + 1} had a finite loss and gradients; the run "
+                            "keeps its last finite checkpoint: retrain with a lower --lr (or resume it to try again)")
     seen = max(sums.pop("seen"), 1.0)
     means = {f"train_{k}": v / seen for k, v in sums.items()}
     record = {"epoch": epoch + 1, "lr": learning_rate(tcfg, epoch) * s.guard.lr_scale, **means,

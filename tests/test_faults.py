@@ -1,0 +1,391 @@
+"""Bad inputs and faults, each from the command line in a fresh interpreter: a non-zero exit, one line on
+stderr, no traceback, and nothing already written lost or changed (every file of the run and of the user's
+folders is compared byte for byte before and after)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vaekit.cli import main
+
+TINY = ["--data", "digits", "--latent-dim", "2", "--hidden", "16", "--epochs", "1", "--no-progress", "--no-report"]
+
+# A fresh interpreter whose network calls fail at once, and whose faults FAULT (an env variable) injects:
+# 'enospc:NAME' makes writing a file called NAME fail as a full disk does.
+PRELUDE = """
+import errno, os, sys, builtins, urllib.request
+urllib.request.urlopen = lambda *a, **k: (_ for _ in ()).throw(OSError('offline'))
+fault = os.environ.get('FAULT', '')
+if fault.startswith('enospc:'):
+    name = fault.split(':', 1)[1]
+    real_open, real_os_open = builtins.open, os.open
+    def full(path, *a, **k):
+        if os.path.basename(str(path)).startswith(name) and (len(a) and any(m in a[0] for m in 'wa') or k.get('mode', 'r') != 'r'):
+            raise OSError(errno.ENOSPC, 'No space left on device', str(path))
+        return real_open(path, *a, **k)
+    builtins.open = full
+    import safetensors.torch as st
+    real_save = st.save_file
+    def save_file(tensors, filename, metadata=None):
+        if os.path.basename(str(filename)).startswith(name):
+            raise OSError(errno.ENOSPC, 'No space left on device', str(filename))
+        return real_save(tensors, filename, metadata)
+    st.save_file = save_file
+    import vaekit.checkpoint as ck
+    ck.save_file = save_file
+if fault.startswith('enospc-tmp:'):
+    import tempfile
+    name, real_mkstemp = fault.split(':', 1)[1], tempfile.mkstemp
+    def mkstemp(*a, **k):
+        if str(k.get('prefix', '')).startswith(name):
+            raise OSError(errno.ENOSPC, 'No space left on device', k.get('prefix'))
+        return real_mkstemp(*a, **k)
+    tempfile.mkstemp = mkstemp
+from vaekit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def vaekit(*args, fault: str = "", cwd=None):
+    env = {**os.environ, "FAULT": fault}
+    return subprocess.run([sys.executable, "-c", PRELUDE, *map(str, args)], capture_output=True, text=True, env=env,
+                          cwd=cwd)
+
+
+def snapshot(*folders: Path) -> dict:
+    """Every file under the folders, by path: its bytes."""
+    files = {}
+    for folder in folders:
+        for p in sorted(Path(folder).rglob("*")):
+            if p.is_file() and not p.is_symlink() and p.name != ".lock":   # the lock file holds the last trainer's pid
+                files[str(p)] = p.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    assert main(["train", "--run-dir", str(root / "run"), *TINY, "--val-size", "100"]) == 0
+    table = root / "t.csv"
+    rng = np.random.default_rng(0)
+    table.write_text("a,b\n" + "\n".join(f"{x:.4f},{y:.4f}" for x, y in rng.normal(size=(60, 2))) + "\n")
+    assert main(["train", "--run-dir", str(root / "table"), "--data", "csv", "--path", str(table), "--latent-dim", "1",
+                 "--hidden", "8", "--epochs", "1", "--no-progress", "--no-report"]) == 0
+    return root
+
+
+def _nan_weights(run: Path) -> None:
+    path = run / "checkpoint" / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    first = next(iter(tensors))
+    tensors[first] = torch.full_like(tensors[first], float("nan"))
+    save_file(tensors, str(path), meta)
+
+
+def _epoch_meta(value):
+    def edit(run: Path) -> None:
+        path = run / "checkpoint" / "model.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        if value is None:
+            meta.pop("epoch")
+        else:
+            meta["epoch"] = value
+        save_file(tensors, str(path), meta)
+    return edit
+
+
+def _config_edit(change):
+    def edit(run: Path) -> None:
+        c = json.loads((run / "config.json").read_text())
+        change(c)
+        (run / "config.json").write_text(json.dumps(c))
+    return edit
+
+
+def _write(name: str, content):
+    def make(t: Path) -> None:
+        (t / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return make
+
+
+def _folder_with(name: str):
+    def make(t: Path) -> None:
+        (t / "mine").mkdir()
+        (t / "mine" / name).write_text("the user's own file")
+    return make
+
+
+def _png16(t: Path) -> None:
+    (t / "imgs").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((4, 4), 1000 * i, np.uint16)).save(t / "imgs" / f"{i}.png")
+
+
+# (arguments with {run}, {table}, {t} for a scratch folder, what to prepare in it, part of the message, exit code)
+CASES = [
+    ("existing run", ["train", "--run-dir", "{run}", *TINY], None, "already holds a run"),
+    ("run dir is a file", ["train", "--run-dir", "{t}/f", *TINY], _write("f", "x"), "is a file"),
+    ("user's config.json", ["train", "--run-dir", "{t}/mine", *TINY], _folder_with("config.json"), "not a vaekit run"),
+    ("user's report.html", ["train", "--run-dir", "{t}/mine", *TINY], _folder_with("report.html"), "not a vaekit run"),
+    ("resume with run-dir", ["train", "--resume", "{run}", "--run-dir", "{t}/x"], None, "cannot be used with --resume"),
+    ("resume with preset", ["train", "--resume", "{run}", "--preset", "digits"], None, "cannot be used with --resume"),
+    ("resume changes lr", ["train", "--resume", "{run}", "--lr", "0.5"], None, "lr 0.001 -> 0.5"),
+    ("resume nowhere", ["train", "--resume", "{t}/nowhere"], None, "does not exist"),
+    ("resume foreign folder", ["train", "--resume", "{t}/mine"], _folder_with("notes.txt"), "no config.json"),
+    ("latent 1e7 text", ["train", "--run-dir", "{t}/r", "--latent-dim", "1e7"], None, "invalid int value"),
+    ("latent 0", ["train", "--run-dir", "{t}/r", "--latent-dim", "0", *TINY[:2]], None, "latent_dim=0 is impossible"),
+    ("lr negative", ["train", "--run-dir", "{t}/r", "--lr", "-1", *TINY[:2]], None, "lr=-1.0 is impossible"),
+    ("lr nan", ["train", "--run-dir", "{t}/r", "--lr", "nan", *TINY[:2]], None, "lr=nan is impossible"),
+    ("epochs -1", ["train", "--run-dir", "{t}/r", "--epochs", "-1", *TINY[:2]], None, "epochs=-1 is impossible"),
+    ("image size huge", ["train", "--run-dir", "{t}/r", "--data", "folder", "--path", "{t}", "--image-size", "100000"], None,
+     "image_size=100000 is impossible"),
+    ("csv beyond float32", ["train", "--run-dir", "{t}/r", "--data", "csv", "--path", "{t}/big.csv"],
+     _write("big.csv", "a,b\n1,2\n3,1e39\n5,6\n7,8\n"), "beyond float32"),
+    ("npy beyond float32", ["train", "--run-dir", "{t}/r", "--data", "npy", "--path", "{t}/big.npy"],
+     lambda t: np.save(t / "big.npy", np.array([[1.0, 1e300]] * 6)), "beyond float32"),
+    ("option that does nothing", ["train", "--run-dir", "{t}/r", "--e-steps", "3", *TINY], None, "does nothing here"),
+    ("config float for int", ["train", "--config", "{t}/c.json", "--run-dir", "{t}/r"],
+     _write("c.json", '{"model": {"latent_dim": 2.5}}'), "latent_dim=2.5 is impossible"),
+    ("config null section", ["train", "--config", "{t}/c.json", "--run-dir", "{t}/r"], _write("c.json", '{"model": null}'),
+     "a run config has the sections"),
+    ("config not utf-8", ["train", "--config", "{t}/c.json", "--run-dir", "{t}/r"], _write("c.json", b"\xff\xfe{"),
+     "cannot read config"),
+    ("config string for number", ["train", "--config", "{t}/c.json", "--run-dir", "{t}/r"],
+     _write("c.json", '{"train": {"lr": "fast"}}'), "lr='fast' is impossible"),
+    ("config missing", ["train", "--config", "{t}/none.json", "--run-dir", "{t}/r"], None, "cannot read config"),
+    ("unknown model", ["train", "--run-dir", "{t}/r", "--model", "gan", *TINY[:2]], None, "model 'gan' is unknown"),
+    ("mnist offline", ["train", "--run-dir", "{t}/r", "--data", "mnist", "--data-dir", "{t}/empty"], None, "mnist is not in"),
+    ("chunk size negative", ["eval", "{run}", "--nll-k", "10", "--chunk-size", "-5"], None, "--chunk-size -5 is impossible"),
+    ("nll k zero", ["eval", "{run}", "--nll-k", "0"], None, "k=0 is impossible"),
+    ("bad split", ["eval", "{run}", "--split", "train"], None, "invalid choice"),
+    ("epoch meta abc", ["eval", "{run}"], _epoch_meta("abc"), "no valid epoch"),
+    ("epoch meta missing", ["eval", "{run}"], _epoch_meta(None), "no valid epoch"),
+    ("nan weights eval", ["eval", "{run}"], _nan_weights, "hold NaN or Inf"),
+    ("nan weights sample", ["sample", "{run}", "--out", "{t}/s.png"], _nan_weights, "hold NaN or Inf"),
+    ("nan weights plot", ["plot", "{run}", "--kind", "samples"], _nan_weights, "hold NaN or Inf"),
+    ("nan weights report", ["report", "{run}"], _nan_weights, "hold NaN or Inf"),
+    ("truncated weights", ["eval", "{run}"], lambda run: (run / "checkpoint" / "model.safetensors").write_bytes(b"\0" * 9),
+     "corrupt"),
+    ("checkpoint replaced by a file", ["eval", "{run}"],
+     lambda run: (shutil.rmtree(run / "checkpoint"), (run / "checkpoint").write_text("x")), "holds no checkpoint"),
+    ("too many samples", ["sample", "{run}", "-n", "100000000", "--out", "{t}/s.png"], None, "at most"),
+    ("nrow negative", ["sample", "{run}", "--nrow", "-3", "--out", "{t}/s.png"], None, "--nrow -3 is impossible"),
+    ("nrow zero", ["sample", "{run}", "--nrow", "0", "--out", "{t}/s.png"], None, "--nrow 0 is impossible"),
+    ("scale zero", ["sample", "{run}", "--scale", "0", "--out", "{t}/s.png"], None, "--scale 0 is impossible"),
+    ("sample out is a folder", ["sample", "{run}", "--out", "{t}"], None, "is a folder"),
+    ("data_dir of config.json", ["eval", "{run}"],
+     _config_edit(lambda c: c["data"].update(source="mnist", data_dir="/nonexistent/vaekit-data")), "downloading is off"),
+    ("figures symlink", ["plot", "{run}", "--out", "{t}/link"], lambda t: os.symlink(t / "elsewhere", t / "link"),
+     "symbolic link"),
+    ("changed csv", ["eval", "{table}"], None, "changed since it was trained"),
+    ("disk full: metrics append", ["train", "--resume", "{run}", "--epochs", "2"], None, "the disk is full"),
+    ("disk full: checkpoint", ["train", "--resume", "{run}", "--epochs", "2"], None, "the disk is full"),
+    ("disk full: report", ["report", "{run}"], None, "the disk is full"),
+]
+FAULTS = {"disk full: metrics append": "enospc:metrics.jsonl", "disk full: checkpoint": "enospc:model.safetensors",
+          "disk full: report": "enospc-tmp:.report.html"}
+TARGETS_RUN = {"epoch meta abc", "epoch meta missing", "nan weights eval", "nan weights sample", "nan weights plot",
+               "nan weights report", "truncated weights", "checkpoint replaced by a file", "data_dir of config.json"}
+
+
+@pytest.mark.parametrize("name,args,prepare,message", CASES, ids=[c[0] for c in CASES])
+def test_a_fault_is_one_line_and_loses_nothing(tmp_path, trained, name, args, prepare, message):
+    run, table, scratch = tmp_path / "run", tmp_path / "table", tmp_path / "t"
+    shutil.copytree(trained / "run", run)
+    shutil.copytree(trained / "table", table)
+    scratch.mkdir()
+    if name == "changed csv":       # the table's data file, edited after training
+        config = json.loads((table / "config.json").read_text())
+        Path(config["data"]["path"]).write_text(Path(config["data"]["path"]).read_text().replace("a,b", "a,b", 1) + "1,1\n")
+    if prepare is not None:
+        prepare(run if name in TARGETS_RUN else scratch)
+    before = snapshot(run, table, scratch)
+    r = vaekit(*[a.format(run=run, table=table, t=scratch) for a in args], fault=FAULTS.get(name, ""))
+    assert r.returncode != 0, r.stdout
+    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    after = snapshot(run, table, scratch)
+    changed = [p for p in before if after.get(p) != before[p]]
+    if name.startswith("disk full: ") and name != "disk full: report":
+        changed = [p for p in changed if not p.endswith("metrics.jsonl")]   # a torn append is read tolerantly
+    assert changed == [], changed
+    assert not [p for p in after if p not in before and "/.lock" not in p and not p.endswith("metrics.jsonl")]
+    if name == "data_dir of config.json":
+        assert not Path("/nonexistent/vaekit-data").exists()
+
+
+def test_the_cases_are_at_least_forty():
+    assert len(CASES) >= 40
+
+
+def test_a_full_disk_mid_run_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    r = vaekit("train", "--resume", run, "--epochs", "3", fault="enospc:metrics.jsonl")
+    assert r.returncode == 2 and "the disk is full" in r.stderr
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress", "--no-report"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_a_torn_metrics_line_is_dropped_and_reported(tmp_path, trained, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_loss": 12')          # a full disk cut this append
+    assert main(["plot", str(run), "--kind", "curves"]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress", "--no-report"]) == 0
+    assert "dropped 1 unreadable line(s) (line 2)" in capsys.readouterr().out
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path):
+    from vaekit import DataConfig, load_data
+    _png16(tmp_path)
+    data = load_data(DataConfig("folder", path=str(tmp_path / "imgs"), val_size=0, test_fraction=0.25))
+    values = sorted({round(v, 3) for v in torch.cat([data.train.x, data.test.x]).flatten().tolist()})
+    assert values == [round(round(1000 * i * 255 / 65535) / 255, 3) for i in range(4)]   # before: every pixel 1.0
+
+
+def test_two_trainers_on_one_run_directory_exactly_one_trains(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--run-dir", run, "--data", "digits", "--latent-dim", "2", "--hidden", "16", "--epochs", "3",
+            "--no-report"]
+    procs = [subprocess.Popen([sys.executable, "-c", PRELUDE, *map(str, args)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert ("is being trained by process" in loser or "already holds a run" in loser) and "Traceback" not in loser
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert main(["eval", str(run)]) == 0
+
+
+def test_resume_while_the_run_trains_is_refused(tmp_path, trained):
+    from vaekit.rundir import RunLock
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    with RunLock(run):
+        r = vaekit("train", "--resume", run, "--epochs", "2")
+    assert r.returncode == 2 and f"is being trained by process {os.getpid()}" in r.stderr
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- interrupted and poisoned runs
+
+def _quiet(config, run_dir, **kw):
+    from vaekit import fit
+    return fit(config, run_dir, progress=False, log=kw.pop("log", lambda s: None), **kw)
+
+
+def _same_run(a, b):
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(b.model.state_dict()[k], v), k
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+    assert strip(a.history) == strip(b.history)
+
+
+def test_a_kill_after_a_mid_epoch_checkpoint_resumes_bit_exactly(tmp_path, monkeypatch):
+    from vaekit import DataConfig, ModelConfig, RunConfig, TrainConfig, load_data
+    from vaekit import train as train_module
+
+    data_cfg = DataConfig("digits", pixels="dynamic", val_size=100)
+    data = load_data(data_cfg)
+    config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), data_cfg,
+                       TrainConfig(epochs=3, batch_size=64, checkpoint_every=1e-9))   # a checkpoint after every step
+    straight = _quiet(config, tmp_path / "a", data=data)
+    real, saves = train_module.save_position, []
+
+    def killed_after_the_30th_save(s, *args):
+        real(s, *args)
+        saves.append(1)
+        if len(saves) == 30:           # epoch 2, step 8 of 22: as if SIGKILL came right after the write
+            raise SystemExit("killed")
+    monkeypatch.setattr(train_module, "save_position", killed_after_the_30th_save)
+    with pytest.raises(SystemExit):
+        _quiet(config, tmp_path / "b", data=data)
+    monkeypatch.undo()
+    _same_run(straight, _quiet(config, tmp_path / "b", data=data, resume=True))
+
+
+def test_sigterm_saves_the_position_says_how_to_resume_and_exits_143(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--run-dir", run, "--data", "digits", "--latent-dim", "2", "--hidden", "16", "--epochs", "400",
+            "--no-report"]
+    proc = subprocess.Popen([sys.executable, "-c", PRELUDE, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 2/"):
+            break
+    proc.send_signal(15)
+    code, err = proc.wait(timeout=60), proc.stderr.read()
+    assert code == 143 and err.startswith("vaekit: stopped by SIGTERM in epoch ") and len(err.strip().splitlines()) == 1
+    assert f"vaekit train --resume {run}" in err
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--no-progress", "--no-report"]) == 0
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def _flaky_loss(bad_steps):
+    from vaekit.objectives import elbo, reads
+    calls = []
+
+    @reads("beta", "kl_warmup_epochs", "mc_samples", "kl")
+    def flaky(model, x, ctx):
+        """The ELBO, with NaN for the training steps in `bad_steps`."""
+        terms = elbo(model, x, ctx)
+        if model.training:
+            calls.append(1)
+            if bad_steps(len(calls)):
+                terms = {**terms, "loss": terms["loss"] * float("nan")}
+        return terms
+    return flaky
+
+
+def test_a_few_non_finite_steps_are_skipped(tmp_path, monkeypatch):
+    from vaekit import LOSSES, DataConfig, ModelConfig, RunConfig, TrainConfig
+    from vaekit.guard import weights_finite
+    monkeypatch.setitem(LOSSES, "flaky", _flaky_loss(lambda step: 5 <= step < 8))
+    config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), DataConfig("digits"), TrainConfig(loss="flaky", epochs=1))
+    result = _quiet(config, tmp_path / "run")
+    assert result.history[-1]["skipped_steps"] == 3 and result.history[-1]["rollbacks"] == 0
+    assert weights_finite(result.model) and np.isfinite(result.history[-1]["train_loss"])
+
+
+def test_persistent_non_finite_steps_roll_back_then_stop_with_a_finite_resumable_run(tmp_path, monkeypatch):
+    from vaekit import LOSSES, DataConfig, ModelConfig, RunConfig, TrainConfig, load_model
+    from vaekit.guard import DivergedError, weights_finite
+    monkeypatch.setitem(LOSSES, "flaky", _flaky_loss(lambda step: step > 11))    # from epoch 2 on (11 steps an epoch)
+    config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), DataConfig("digits"),
+                       TrainConfig(loss="flaky", epochs=5, checkpoint_every=60.0))
+    lines = []
+    with pytest.raises(DivergedError, match="training diverged"):
+        _quiet(config, tmp_path / "run", log=lines.append)
+    assert sum("rolled back" in line for line in lines) >= 1      # with a 10x lower learning rate each time
+    model, _, epoch = load_model(tmp_path / "run")
+    assert epoch == 1 and weights_finite(model)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_huge_learning_rate_never_saves_non_finite_weights(tmp_path):
+    run = tmp_path / "run"
+    r = vaekit("train", "--run-dir", run, "--data", "digits", "--latent-dim", "2", "--hidden", "16", "--epochs", "3",
+               "--lr", "1000", "--no-report")
+    assert "Traceback" not in r.stderr
+    assert r.returncode == 0 or (r.returncode == 2 and "training diverged" in r.stderr)
+    if (run / "checkpoint").is_dir():
+        from vaekit import load_model
+        load_model(run)            # refuses non-finite weights: none were written
