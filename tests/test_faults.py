@@ -2,11 +2,14 @@
 stderr, no traceback, and nothing already written lost or changed (every file of the run and of the user's
 folders is compared byte for byte before and after)."""
 
+import builtins
+import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vaekit import checkpoint
 from vaekit.cli import main
 
 TINY = ["--data", "digits", "--latent-dim", "2", "--hidden", "16", "--epochs", "1", "--no-progress", "--no-report"]
@@ -145,6 +149,7 @@ CASES = [
     ("resume nowhere", ["train", "--resume", "{t}/nowhere"], None, "does not exist"),
     ("resume foreign folder", ["train", "--resume", "{t}/mine"], _folder_with("notes.txt"), "no config.json"),
     ("latent 1e7 text", ["train", "--run-dir", "{t}/r", "--latent-dim", "1e7"], None, "invalid int value"),
+    ("latent ten million", ["train", "--run-dir", "{t}/r", "--latent-dim", "10000000", *TINY[:2]], None, "not enough memory"),
     ("latent 0", ["train", "--run-dir", "{t}/r", "--latent-dim", "0", *TINY[:2]], None, "latent_dim=0 is impossible"),
     ("lr negative", ["train", "--run-dir", "{t}/r", "--lr", "-1", *TINY[:2]], None, "lr=-1.0 is impossible"),
     ("lr nan", ["train", "--run-dir", "{t}/r", "--lr", "nan", *TINY[:2]], None, "lr=nan is impossible"),
@@ -200,8 +205,41 @@ TARGETS_RUN = {"epoch meta abc", "epoch meta missing", "nan weights eval", "nan 
                "nan weights report", "truncated weights", "checkpoint replaced by a file", "data_dir of config.json"}
 
 
+def inject(monkeypatch, fault: str) -> None:
+    """The faults of PRELUDE, in this process: 'enospc:NAME' (writing a file NAME... fails as on a full disk),
+    'enospc-tmp:PREFIX' (creating an atomic writer's temporary file fails so)."""
+    kind, _, name = fault.partition(":")
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    if kind == "enospc":
+        real_open = builtins.open
+
+        def opener(path, mode="r", *a, **k):
+            if os.path.basename(str(path)).startswith(name) and any(m in mode for m in "wa"):
+                full(path)
+            return real_open(path, mode, *a, **k)
+        monkeypatch.setattr(builtins, "open", opener)
+        real_save = checkpoint.save_file
+        monkeypatch.setattr(checkpoint, "save_file", lambda t, f, m=None: full(f) if os.path.basename(str(f)).startswith(name)
+                            else real_save(t, f, m))
+    elif kind == "enospc-tmp":
+        real_mkstemp = tempfile.mkstemp
+        monkeypatch.setattr(tempfile, "mkstemp", lambda *a, **k: full(k.get("prefix")) if str(k.get("prefix", "")).startswith(name)
+                            else real_mkstemp(*a, **k))
+
+
+def run_main(args, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as e:          # argparse's usage errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name,args,prepare,message", CASES, ids=[c[0] for c in CASES])
-def test_a_fault_is_one_line_and_loses_nothing(tmp_path, trained, name, args, prepare, message):
+def test_a_fault_is_one_line_and_loses_nothing(tmp_path, trained, monkeypatch, capsys, name, args, prepare, message):
     run, table, scratch = tmp_path / "run", tmp_path / "table", tmp_path / "t"
     shutil.copytree(trained / "run", run)
     shutil.copytree(trained / "table", table)
@@ -212,10 +250,12 @@ def test_a_fault_is_one_line_and_loses_nothing(tmp_path, trained, name, args, pr
     if prepare is not None:
         prepare(run if name in TARGETS_RUN else scratch)
     before = snapshot(run, table, scratch)
-    r = vaekit(*[a.format(run=run, table=table, t=scratch) for a in args], fault=FAULTS.get(name, ""))
-    assert r.returncode != 0, r.stdout
-    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    inject(monkeypatch, FAULTS.get(name, ""))
+    code, err = run_main([a.format(run=run, table=table, t=scratch) for a in args], capsys)   # a traceback would raise
+    monkeypatch.undo()
+    assert code != 0 and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
     after = snapshot(run, table, scratch)
     changed = [p for p in before if after.get(p) != before[p]]
     if name.startswith("disk full: ") and name != "disk full: report":

@@ -249,9 +249,17 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    terminated = []
+    terminated, previous = [], None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum) or _terminate(signum, frame))
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum) or _terminate(signum, frame))
+    try:
+        return _run(args, terminated)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args, terminated: list) -> int:
     try:
         return COMMANDS[args.command](args)
     except VaekitError as e:

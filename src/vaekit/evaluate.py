@@ -165,6 +165,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", mc_samples: int | Non
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     terms = evaluate(model, ds, train_cfg)
+    if not all(math.isfinite(v) for v in terms.values()):
+        raise ConfigError(f"the {split} loss of {run_dir} is not finite ({terms}); the model or the data hold values it "
+                          "cannot score: check the data, or retrain")
     result = {"run": str(run_dir), "checkpoint": checkpoint, "split": split, "epoch": epoch, "n": len(ds),
               "model": config.model.model, "loss_name": train_cfg.loss, "mc_samples": train_cfg.mc_samples,
               "objective": terms.pop("loss"), **terms, "seconds": time.perf_counter() - t0,

@@ -165,6 +165,8 @@ def _restore(s: Session) -> None:
     s.start = state["epoch"]
     s.best_loss, s.best_epoch = state.get("best_loss", math.inf), state.get("best_epoch", 0)
     s.guard.lr_scale = state.get("lr_scale", 1.0)
+    if s.config.train.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
+        s.precision = state["precision"]   # what 'auto' chose when the run started: a resume never switches
     s.guard.snapshot()
     tensors = state["tensors"]
     torch.set_rng_state(tensors["torch_rng"])
@@ -310,6 +312,7 @@ def save_position(s: Session, epoch: int, step: int, sums: dict, epoch_rng: torc
 
 def _state(s: Session, finished_epochs: int) -> dict:
     return {"epoch": finished_epochs, "best_loss": s.best_loss, "best_epoch": s.best_epoch, "lr_scale": s.guard.lr_scale,
+            "precision": s.precision,
             "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": s.generator.get_state().cpu()}}
 
 
