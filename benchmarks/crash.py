@@ -65,7 +65,7 @@ def run_precision(precision: str, kills: int, epochs: int, rng: random.Random, r
     t0 = time.perf_counter()
     subprocess.run(command(reference, precision, epochs, False), check=True, stdout=subprocess.DEVNULL)
     reference_seconds = time.perf_counter() - t0
-    killed = unloadable = mid_epoch = 0
+    killed = unloadable = mid_epoch = mid_write = 0
     while True:
         resume = has_checkpoint(crashed)
         proc = subprocess.Popen(command(crashed, precision, epochs, resume), stdout=subprocess.DEVNULL,
@@ -77,6 +77,7 @@ def run_precision(precision: str, kills: int, epochs: int, rng: random.Random, r
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 killed += 1
+                mid_write += any((crashed / name).exists() for name in (".checkpoint.tmp", ".checkpoint.old", ".best.tmp"))
                 ok = not has_checkpoint(crashed) or loadable(crashed)
                 unloadable += not ok
                 if ok and has_checkpoint(crashed):
@@ -89,7 +90,8 @@ def run_precision(precision: str, kills: int, epochs: int, rng: random.Random, r
         break
     same_weights = all(torch.equal(a, b) for a, b in zip(weights(reference).values(), weights(crashed).values(), strict=True))
     same_metrics = metrics(reference) == metrics(crashed)
-    return {"precision": precision, "kills": killed, "kills_at_a_mid_epoch_checkpoint": mid_epoch, "unloadable": unloadable,
+    return {"precision": precision, "kills": killed, "kills_at_a_mid_epoch_checkpoint": mid_epoch,
+            "kills_during_a_checkpoint_write": mid_write, "unloadable": unloadable,
             "weights_bit_identical": same_weights, "metrics_identical": same_metrics, "epochs": epochs,
             "reference_seconds": round(reference_seconds, 1)}
 
@@ -101,7 +103,7 @@ def main() -> None:
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    rng = random.Random(args.seed)
+    rng, t0 = random.Random(args.seed), time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="vaekit-crash-"))
     try:
         rows = [run_precision(prec, args.kills, args.epochs, rng, root) for prec in args.precision]
@@ -109,12 +111,14 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "crash.json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["| precision | SIGKILLs | at a mid-epoch checkpoint | unloadable after a kill | final weights bit-identical | metrics identical |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['precision']} | {r['kills']} | {r['kills_at_a_mid_epoch_checkpoint']} | {r['unloadable']} | "
+    lines = ["| precision | SIGKILLs | resumed from a mid-epoch checkpoint | killed during a checkpoint write | unloadable after a kill "
+             "| final weights bit-identical | metrics identical |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['precision']} | {r['kills']} | {r['kills_at_a_mid_epoch_checkpoint']} | "
+              f"{r['kills_during_a_checkpoint_write']} | {r['unloadable']} | "
               f"{'yes' if r['weights_bit_identical'] else 'NO'} | {'yes' if r['metrics_identical'] else 'NO'} |" for r in rows]
     (RESULTS / "crash.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"{time.perf_counter() - t0:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def test_low_dimensional_latents_train_and_sample(tmp_path, latent_dim):
 
 
 def test_the_iwae_learning_rate_schedule():
-    from vaekit.train import learning_rate
+    from vaekit.schedules import learning_rate
 
     cfg = TrainConfig(lr=1e-3, lr_schedule="iwae")
     # stage i lasts 3^i epochs: epoch 0 | 1-3 | 4-12 | 13-39 | ... ; 3,280 epochs in all
@@ -135,7 +135,7 @@ def test_iwae_trains(tmp_path):
 def test_alternating_schedule_updates_encoder_and_decoder_in_turns(tmp_path):
     from vaekit import build_model
     from vaekit.objectives import LOSSES
-    from vaekit.train import hold_fixed
+    from vaekit.schedules import hold_fixed
 
     cfg = TrainConfig(schedule="alternating", e_steps=2, m_steps=1)
     model = build_model(ModelConfig(input_shape=(1, 6, 6), latent_dim=2, hidden_dims=(8,)))

@@ -120,3 +120,24 @@ def differences(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> lis
             if va != vb:
                 out.append(f"{f.name} {va!r} -> {vb!r}")
     return out
+
+
+def check_support(model, data: DataSplits) -> None:
+    """Refuse data outside the likelihood's support (Bernoulli: [0, 1]) before it trains into NaNs."""
+    support = getattr(model.likelihood, "support", None)
+    splits = [ds.x for ds in (data.train, data.val, data.test) if ds is not None and len(ds)]
+    if support is None or not splits:
+        return
+    lo, hi = min(x.min().item() for x in splits), max(x.max().item() for x in splits)
+    if lo < support[0] or hi > support[1]:
+        what = " (a table, standardised)" if data.mean is not None else ""
+        raise ConfigError(f"the {model.config.likelihood} likelihood models data in [{support[0]:g}, {support[1]:g}] but "
+                          f"{data.name}{what} spans [{lo:.3g}, {hi:.3g}]; pass --likelihood gaussian-learned (or gaussian)")
+    levels = getattr(model.likelihood, "levels", None)
+    if levels is not None:
+        steps = levels - 1
+        off = max(((x * steps) - (x * steps).round()).abs().max().item() for x in splits)
+        if off > 1e-3:
+            raise ConfigError(f"the {model.config.likelihood} likelihood models {levels}-level (8-bit) images, k/{steps}, "
+                              f"but {data.name} has values between the levels (resized images?); use --likelihood "
+                              f"bernoulli or gaussian-learned")

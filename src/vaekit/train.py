@@ -8,13 +8,10 @@ Nothing here knows which model it trains: what is special about a model is in it
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import shutil
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,17 +21,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import BEST, has_checkpoint, load_config, load_trainer_state, load_weights, save_best, save_checkpoint
-from .config import RunConfig, TrainConfig
+from .config import RunConfig
 from .data import Dataset, DataSplits, batches, check_unchanged, fingerprint, load_data
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, DataError
 from .evaluate import evaluate
 from .guard import DivergedError, Guard, step_is_finite, weights_finite
 from .metrics import METRICS, append_metric, read_metrics, summary, write_metrics
 from .models import LatentModel, build_model
 from .objectives import LossContext, get_loss
-from .resolve import check_applicable, check_names, differences, reads_of, resolve
+from .resolve import check_applicable, check_names, check_support, differences, reads_of, resolve
 from .rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
 from .runtime import autocast, resolve_device, resolve_precision
+from .schedules import hold_fixed, learning_rate
+from .signals import Interrupted, stop_on_signals
 
 RESUMABLE = ("epochs", "max_minutes", "early_stop", "checkpoint_every", "device")  # what a resumed run may change
 Hook = Callable[[dict, torch.nn.Module], None]  # called after each epoch with (record, model)
@@ -316,34 +315,6 @@ def _state(s: Session, finished_epochs: int) -> dict:
             "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": s.generator.get_state().cpu()}}
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM: the step finished and the position was saved; the exit code is 128 + the signal."""
-
-    def __init__(self, signum: int, where: str, run_dir: Path):
-        super().__init__(where)
-        self.signum, self.where, self.run_dir = signum, where, run_dir
-
-
-@contextlib.contextmanager
-def stop_on_signals(s: Session):
-    """SIGINT and SIGTERM set a flag the loop reads after each step (only in the main thread, where Python
-    delivers signals); the previous handlers come back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum, frame):
-        s.stop_signal = signum
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def end_epoch(s: Session, record: dict, hooks, log) -> None:
     """Validation at the epoch's own schedule weight, metrics.jsonl, best/ weights, the checkpoint, the log line."""
     tcfg, t0, train_seconds = s.config.train, record.pop("t0"), record.pop("train_seconds")
@@ -401,47 +372,3 @@ def finish(s: Session, log) -> None:
         log(f"the same for the best weights (epoch {s.best_epoch}):")
         best.after_training(s.train, tcfg, log)
         save_best(s.run_dir, best, s.best_epoch)
-
-
-def check_support(model, data: DataSplits) -> None:
-    """Refuse data outside the likelihood's support (Bernoulli: [0, 1]) before it trains into NaNs."""
-    support = getattr(model.likelihood, "support", None)
-    splits = [ds.x for ds in (data.train, data.val, data.test) if ds is not None and len(ds)]
-    if support is None or not splits:
-        return
-    lo, hi = min(x.min().item() for x in splits), max(x.max().item() for x in splits)
-    if lo < support[0] or hi > support[1]:
-        what = " (a table, standardised)" if data.mean is not None else ""
-        raise ConfigError(f"the {model.config.likelihood} likelihood models data in [{support[0]:g}, {support[1]:g}] but "
-                          f"{data.name}{what} spans [{lo:.3g}, {hi:.3g}]; pass --likelihood gaussian-learned (or gaussian)")
-    levels = getattr(model.likelihood, "levels", None)
-    if levels is not None:
-        steps = levels - 1
-        off = max(((x * steps) - (x * steps).round()).abs().max().item() for x in splits)
-        if off > 1e-3:
-            raise ConfigError(f"the {model.config.likelihood} likelihood models {levels}-level (8-bit) images, k/{steps}, "
-                              f"but {data.name} has values between the levels (resized images?); use --likelihood "
-                              f"bernoulli or gaussian-learned")
-
-
-def hold_fixed(model, tcfg: TrainConfig, step: int) -> None:
-    """Variational EM (notes 004): in each round of e_steps + m_steps optimiser steps, the first
-    e_steps update only the encoder phi (E-step: q(z|x) towards p(z|x)), the rest only the
-    decoder theta (M-step). Parameters with no gradient are skipped by Adam, moments and all."""
-    e_step = step % (tcfg.e_steps + tcfg.m_steps) < tcfg.e_steps
-    encoder = {id(p) for p in model.encoder_parameters()}
-    for p in model.parameters():
-        if (id(p) in encoder) != e_step:
-            p.grad = None
-
-
-def learning_rate(tcfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of 0-based `epoch`. 'iwae': stage i lasts 3^i epochs at
-    lr * 10^(-i/7), i = 0..7 (Burda et al. 2016, sec. 5; 3,280 epochs in all), then stays."""
-    if tcfg.lr_schedule == "constant":
-        return tcfg.lr
-    stage, end = 0, 1
-    while epoch >= end and stage < 7:
-        stage += 1
-        end += 3**stage
-    return tcfg.lr * 10 ** (-stage / 7)
