@@ -1,7 +1,8 @@
 """Kill training at random moments with SIGKILL, resume each time, and compare with a run never killed.
 
 For each precision: one uninterrupted reference run, then the same run started and SIGKILLed KILLS times at
-random moments (during epochs, during checkpoint writes, between them), resumed after each kill, then let
+random moments (during epochs, between them, and every third one while a checkpoint is being written),
+resumed after each kill, then let
 finish. After every kill the run directory must load (config, weights, trainer state); at the end its
 weights and metrics.jsonl must equal the reference bit for bit (timings aside). Mid-epoch checkpoints are
 frequent (--checkpoint-every 0.002 minutes), so most kills land mid-epoch.
@@ -40,6 +41,14 @@ def command(run: Path, precision: str, epochs: int, resume: bool) -> list[str]:
             "--precision", precision, "--checkpoint-every", "0.002", "--no-report", "--no-progress"]
 
 
+def writing(run: Path, since: float) -> bool:
+    """A checkpoint write started after `since` is under way (its temporary folder is there)."""
+    try:
+        return (run / ".checkpoint.tmp").stat().st_mtime > since
+    except FileNotFoundError:
+        return False
+
+
 def loadable(run: Path) -> bool:
     try:
         model, _, _ = load_model(run)
@@ -70,14 +79,19 @@ def run_precision(precision: str, kills: int, epochs: int, rng: random.Random, r
         resume = has_checkpoint(crashed)
         proc = subprocess.Popen(command(crashed, precision, epochs, resume), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
+        launched = time.time()
         if killed < kills:
             try:
                 proc.wait(timeout=rng.uniform(1.5, 5.0))   # imports take ~2 s; an epoch 1-2 s
             except subprocess.TimeoutExpired:
+                if killed % 3 == 2:   # every third kill aimed at a checkpoint write: wait until one is under way
+                    while proc.poll() is None and not writing(crashed, launched):
+                        time.sleep(0.0005)
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 killed += 1
-                mid_write += any((crashed / name).exists() for name in (".checkpoint.tmp", ".checkpoint.old", ".best.tmp"))
+                mid_write += writing(crashed, launched) or (crashed / ".checkpoint.old").exists()
                 ok = not has_checkpoint(crashed) or loadable(crashed)
                 unloadable += not ok
                 if ok and has_checkpoint(crashed):
