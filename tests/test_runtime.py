@@ -50,3 +50,27 @@ def test_an_absent_gpu_is_a_config_error():
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         runtime.resolve_device("cuda")
 
+
+
+@pytest.mark.parametrize("idle,allowed,expected", [(2.0, 2, 2), (1.1, 2, 1), (0.8, 2, 1), (0.05, 2, 1), (1.9, 1, 1)])
+def test_threads_follow_the_idle_cores(monkeypatch, idle, allowed, expected):
+    monkeypatch.setattr(runtime, "idle_cpus", lambda seconds=0.2: idle)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(allowed)))
+    monkeypatch.setattr(runtime.torch, "get_num_threads", lambda: 2)
+    assert runtime.resolve_threads(None, torch.device("cpu")) == expected
+    assert runtime.resolve_threads(3, torch.device("cpu")) == 3          # --threads N is kept
+
+
+def test_the_idle_measurement_reads_proc_stat():
+    idle = runtime.idle_cpus(0.05)
+    assert idle is None or 0.0 <= idle <= (runtime.os.cpu_count() or 1) + 1e-9
+
+
+def test_training_records_its_threads_and_gives_the_callers_back(tmp_path):
+    from conftest import synthetic_splits
+    from vaekit import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
+
+    before = torch.get_num_threads()
+    config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(8,)), DataConfig("digits"), TrainConfig(epochs=1, threads=1))
+    result = fit(config, tmp_path / "run", data=synthetic_splits(), progress=False, log=lambda s: None)
+    assert result.history[-1]["threads"] == 1 and torch.get_num_threads() == before

@@ -214,6 +214,8 @@ class TrainConfig:
                                      metavar="MINUTES")
     seed: int = option(0, "seed of the weights, the shuffling and the binarisation")
     device: str = option("auto", "auto, cpu or cuda")
+    threads: int | None = option(None, "CPU threads for training", metavar="N",
+                                 default_text="the CPUs of this process that are idle when training starts")
     precision: str = option("auto", "auto (bf16 autocast where this machine runs it faster; measured once and cached), "
                             "fp32 or bf16; weights and sums stay fp32")
 
@@ -225,6 +227,7 @@ class TrainConfig:
             _check_positive(TrainConfig, self, name)
         _check_positive(TrainConfig, self, "max_minutes", optional=True)
         _check_positive(TrainConfig, self, "checkpoint_every")
+        _check_positive(TrainConfig, self, "threads", optional=True)
         _check_positive(TrainConfig, self, "early_stop", optional=True)
         _check_choice(TrainConfig, self, "kl", KL_MODES)
         _check_choice(TrainConfig, self, "lr_schedule", LR_SCHEDULES)

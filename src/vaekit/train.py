@@ -31,11 +31,11 @@ from .models import LatentModel, build_model
 from .objectives import LossContext, get_loss
 from .resolve import check_applicable, check_names, check_support, differences, reads_of, resolve
 from .rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
-from .runtime import autocast, resolve_device, resolve_precision
+from .runtime import autocast, resolve_device, resolve_precision, resolve_threads
 from .schedules import hold_fixed, learning_rate
 from .signals import Interrupted, stop_on_signals
 
-RESUMABLE = ("epochs", "max_minutes", "early_stop", "checkpoint_every", "device")  # what a resumed run may change
+RESUMABLE = ("epochs", "max_minutes", "early_stop", "checkpoint_every", "threads", "device")  # what a resumed run may change
 Hook = Callable[[dict, torch.nn.Module], None]  # called after each epoch with (record, model)
 
 
@@ -76,7 +76,12 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
         hooks: list[Hook] = (), progress: bool | None = None, log: Callable[[str], None] = print) -> FitResult:
     """Train `config` into `run_dir`; with resume, continue the run saved there. progress: a progress bar
     (None: only when stderr is a terminal; elsewhere one line per epoch)."""
-    s = set_up(config, Path(run_dir), resume, data, log)
+    threads_before = torch.get_num_threads()   # set_up picks the training's own; the caller's comes back after
+    try:
+        s = set_up(config, Path(run_dir), resume, data, log)
+    except BaseException:
+        torch.set_num_threads(threads_before)
+        raise
     progress = sys.stderr.isatty() if progress is None else progress
     started, stopped = time.perf_counter(), None
     try:
@@ -94,6 +99,7 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
         raise
     finally:
         s.lock.release()
+        torch.set_num_threads(threads_before)
     s.model.eval()
     return FitResult(s.model, s.config, s.history, s.run_dir, stopped)
 
@@ -127,6 +133,8 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     tcfg = config.train
     device = resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)   # before seeding: it must not touch the RNG streams
+    threads = resolve_threads(tcfg.threads, device)
+    torch.set_num_threads(threads)
     torch.manual_seed(tcfg.seed)
     model = build_model(config.model).to(device)
     check_support(model, data)
@@ -231,7 +239,8 @@ def banner(s: Session, data_name: str) -> str:
         how.append(f"{'closed-form' if closed else 'Monte Carlo'} KL")
     how.append(f"{tcfg.schedule} schedule")
     return (f"training {s.config.model.model} ({', '.join(how)}; {model.describe_latent()}) on {data_name}: "
-            f"{len(s.train)} examples, epochs {s.start + 1}-{tcfg.epochs}, device {model.device}, {s.precision}")
+            f"{len(s.train)} examples, epochs {s.start + 1}-{tcfg.epochs}, device {model.device}, {s.precision}, "
+            f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}")
 
 
 def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
@@ -322,7 +331,8 @@ def end_epoch(s: Session, record: dict, hooks, log) -> None:
         terms = evaluate(s.model, s.val, tcfg, epoch=record["epoch"], precision=s.precision, dataset_size=len(s.train))
         record.update({f"val_{k}": v for k, v in terms.items()})
         record.update({f"val_{k}": v for k, v in s.model.validation_extras(s.val).items()})
-    record.update(seconds=time.perf_counter() - t0, images_per_s=len(s.train) / train_seconds, precision=s.precision)
+    record.update(seconds=time.perf_counter() - t0, images_per_s=len(s.train) / train_seconds, precision=s.precision,
+                  threads=torch.get_num_threads())
     numbers = [v for v in record.values() if isinstance(v, float)]
     if not weights_finite(s.model) or not all(math.isfinite(v) for v in numbers):
         # nothing non-finite is ever saved: back to the last good state, and this epoch is not recorded
