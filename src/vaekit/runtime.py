@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import statistics
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -110,23 +112,43 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def idle_cpus(seconds: float = 0.2) -> float:
-    """How many CPUs of the machine sat idle over a short window (from /proc/stat; None where it is absent)."""
-    def sample():
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return values[3] + values[4], sum(values[:8])   # idle + iowait, all but guest time
-    try:
-        idle0, total0 = sample()
-        time.sleep(seconds)
-        idle1, total1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    cpus = os.cpu_count() or 1
-    return cpus * (idle1 - idle0) / max(total1 - total0, 1)
+class IdleCPUs:
+    """How many CPUs other processes left idle over a window (from /proc/stat, minus this process's own CPU time
+    from os.times(), so the window may overlap this process's own work). Start it, do work, then read .cpus."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                values = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        own = os.times()
+        return time.monotonic(), sum(values[:8]) - values[3] - values[4], own.user + own.system   # busy jiffies
+
+    def cpus(self, min_seconds: float = 0.1) -> float | None:
+        if self.start is None:
+            return None
+        wait = min_seconds - (time.monotonic() - self.start[0])
+        if wait > 0:
+            time.sleep(wait)
+        end = self._sample()
+        if end is None:
+            return None
+        seconds = end[0] - self.start[0]
+        others = (end[1] - self.start[1]) / os.sysconf("SC_CLK_TCK") - (end[2] - self.start[2])   # busy CPU-seconds
+        return max(0.0, (os.cpu_count() or 1) - max(others, 0.0) / seconds)
 
 
-def resolve_threads(requested: int | None, device: torch.device) -> int:
+def idle_cpus(seconds: float = 0.2) -> float | None:
+    """How many CPUs other processes leave idle, measured over `seconds`."""
+    return IdleCPUs().cpus(seconds)
+
+
+def resolve_threads(requested: int | None, device: torch.device, idle: float | None = -1.0) -> int:
     """The intra-op threads to train with: `requested`, else as many as this process may use that are idle now.
 
     Measured on this project's 2-core machine (784-400-20 VAE, fp32): idle, 2 threads 31k img/s and 1 thread
@@ -138,7 +160,18 @@ def resolve_threads(requested: int | None, device: torch.device) -> int:
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type != "cpu":
         return min(allowed, torch.get_num_threads())
-    idle = idle_cpus()
+    idle = idle_cpus() if idle == -1.0 else idle   # -1: measure now
     if idle is None:
         return min(allowed, torch.get_num_threads())
     return max(1, min(allowed, torch.get_num_threads(), round(idle + 0.25)))   # +0.25: a core 75% idle counts as free
+
+
+def _import_dynamo() -> None:
+    import torch._dynamo  # noqa: F401, PLC0415  (imported here, in a thread, so that the import overlaps data loading)
+
+
+def warm_up_optimizers() -> None:
+    """Every torch.optim optimizer imports torch._dynamo when it is built (about 1 s in torch 2.13): start that
+    import in a background thread now, so it runs while the data load instead of after."""
+    if "torch._dynamo" not in sys.modules:
+        threading.Thread(target=_import_dynamo, name="vaekit-import-dynamo", daemon=True).start()

@@ -31,7 +31,7 @@ from .models import LatentModel, build_model
 from .objectives import LossContext, get_loss
 from .resolve import check_applicable, check_names, check_support, differences, reads_of, resolve
 from .rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
-from .runtime import autocast, resolve_device, resolve_precision, resolve_threads
+from .runtime import autocast, idle_cpus, resolve_device, resolve_precision, resolve_threads, warm_up_optimizers
 from .schedules import hold_fixed, learning_rate
 from .signals import Interrupted, stop_on_signals
 
@@ -107,6 +107,10 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
 def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | None, log) -> Session:
     """Check everything, then create the run directory (a new run) or restore the saved state (resume)."""
     lock = RunLock(run_dir)
+    # what other processes leave idle, measured over 0.1 s while this one sleeps (its own threads would take CPU
+    # from theirs and hide them), then the optimiser's import starts in the background, to overlap the data load
+    idle = None if config.train.threads is not None else idle_cpus(0.1)
+    warm_up_optimizers()
     if resume:
         saved = load_config(run_dir)
         if not has_checkpoint(run_dir):
@@ -133,7 +137,7 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     tcfg = config.train
     device = resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)   # before seeding: it must not touch the RNG streams
-    threads = resolve_threads(tcfg.threads, device)
+    threads = resolve_threads(tcfg.threads, device, idle)
     torch.set_num_threads(threads)
     torch.manual_seed(tcfg.seed)
     model = build_model(config.model).to(device)
