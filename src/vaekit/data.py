@@ -93,16 +93,17 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
             raise ConfigError(f"{name} ({field_ref(DataConfig, name)}) does not apply to data source {cfg.source!r}; "
                               f"it is for {users}")
     a = Arrays(*source.load(data_root(cfg.data_dir), download, download_timeout, cfg))
-    def to_x(arr) -> torch.Tensor:
+
+    def to_x(arr, name: str) -> torch.Tensor:
         with np.errstate(over="ignore"):   # values beyond float32 become inf here, and are refused just below
-            return torch.from_numpy(np.array(arr, dtype=np.float32)).div_(a.scale or 1.0)
+            x = torch.from_numpy(np.array(arr, dtype=np.float32)).div_(a.scale or 1.0)
+        if np.asarray(arr).dtype.kind == "f" and not torch.isfinite(x).all():   # integers are always finite
+            raise DataError(f"{cfg.path or cfg.source}: the {name} data hold values that are NaN, infinite or beyond "
+                            "float32's range (|x| > 3.4e38); replace or rescale them")
+        return x
     to_y = lambda arr: None if arr is None else torch.from_numpy(np.asarray(arr, dtype=np.int64))  # noqa: E731
     take = lambda y, idx: None if y is None else y[idx]  # noqa: E731
-    x, y = to_x(a.train_x), to_y(a.train_y)
-    for name, values in (("training", x), ("test", None if a.test_x is None else to_x(a.test_x))):
-        if values is not None and not torch.isfinite(values).all():   # checked after the cast: 1e39 is inf in float32
-            raise DataError(f"{cfg.path or cfg.source}: the {name} data hold values that are NaN, infinite or beyond float32's "
-                            "range (|x| > 3.4e38); replace or rescale them")
+    x, y = to_x(a.train_x, "training"), to_y(a.train_y)
     if a.test_x is None:
         if len(x) < 2:
             raise DataError(f"{cfg.path or cfg.source} holds {len(x)} example(s); it needs at least 2 (train and test)")
@@ -111,7 +112,7 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
         test_x, test_y = x[order[:n_test]], take(y, order[:n_test])
         x, y = x[order[n_test:]], take(y, order[n_test:])
     else:
-        test_x, test_y = to_x(a.test_x), to_y(a.test_y)
+        test_x, test_y = to_x(a.test_x, "test"), to_y(a.test_y)
     val_size = default_val_size(len(x)) if cfg.val_size is None else cfg.val_size
     if val_size >= len(x):
         raise ConfigError(f"val_size={val_size} ({field_ref(DataConfig, 'val_size')}) leaves no training data: "
