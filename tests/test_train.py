@@ -162,3 +162,18 @@ def test_alternating_training_learns_and_resumes_exactly(tmp_path):
     resumed = quiet(config, tmp_path / "b", data=data, resume=True)
     for k, v in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[k], v), k
+
+
+def test_learning_rate_schedules_and_warm_up():
+    import math
+
+    from vaekit.config import LR_SCHEDULES as NAMES
+    from vaekit.schedules import LR_SCHEDULES, learning_rate
+
+    assert tuple(LR_SCHEDULES) == NAMES                       # the config's choices are the registry's keys
+    cfg = TrainConfig(lr=0.01, lr_schedule="cosine", epochs=4)
+    for progress, factor in [(0, 1.0), (2, 0.5), (4, 0.0), (1, 0.5 * (1 + math.cos(math.pi / 4)))]:
+        assert learning_rate(cfg, progress) == pytest.approx(0.01 * factor, abs=1e-12)
+    warm = TrainConfig(lr=0.01, lr_warmup_epochs=2.0)
+    assert [learning_rate(warm, p) for p in (0.5, 1.0, 2.0, 3.0)] == pytest.approx([0.0025, 0.005, 0.01, 0.01])
+    assert learning_rate(TrainConfig(lr=0.01), 2.7) == 0.01      # constant: the same at every step

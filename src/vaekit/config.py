@@ -25,7 +25,7 @@ from .files import atomic_write_text
 
 PIXEL_MODES = ("grey", "dynamic", "static")  # grey in [0,1]; Bernoulli draw per epoch; one fixed draw
 KL_MODES = ("auto", "analytic", "mc")        # auto: closed form where the prior has one, else Monte Carlo
-LR_SCHEDULES = ("constant", "iwae")          # iwae: 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
+LR_SCHEDULES = ("constant", "iwae", "cosine")   # the keys of vaekit.schedules.LR_SCHEDULES
 # joint: encoder and decoder every step; alternating: variational EM, E-steps on phi (encoder), M-steps on theta.
 # Each schedule names the TrainConfig fields it reads (a field no chosen component reads is refused).
 SCHEDULE_READS = {"joint": (), "alternating": ("e_steps", "m_steps")}
@@ -202,7 +202,10 @@ class TrainConfig:
     epochs: int = option(10, "total epochs")
     batch_size: int = option(128, "examples per optimiser step")
     lr: float = option(1e-3, "Adam learning rate")
-    lr_schedule: str = option("constant", "constant, or iwae (3^i epochs at lr * 10^(-i/7), i = 0..7)")
+    lr_schedule: str = option("constant", "constant, iwae (3^i epochs at lr * 10^(-i/7), i = 0..7) or cosine (to 0 at "
+                              "the last epoch)")
+    lr_warmup_epochs: float = option(0.0, "the learning rate rises linearly from 0 over this many epochs, then follows "
+                                     "its schedule")
     schedule: str = option("joint", "joint, or alternating (variational EM: E-steps on the encoder, M-steps on the decoder)")
     e_steps: int = option(1, "alternating: encoder steps (E-step) per round")
     m_steps: int = option(1, "alternating: decoder steps (M-step) per round")
@@ -221,7 +224,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_types(TrainConfig, self)
-        for name in ("beta", "kl_warmup_epochs", "capacity", "capacity_epochs", "gamma", "commitment", "prior_epochs", "epochs"):
+        for name in ("lr_warmup_epochs", "beta", "kl_warmup_epochs", "capacity", "capacity_epochs", "gamma", "commitment", "prior_epochs", "epochs"):
             _check_positive(TrainConfig, self, name, allow_zero=True)
         for name in ("mc_samples", "batch_size", "lr", "e_steps", "m_steps", "adam_eps"):
             _check_positive(TrainConfig, self, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .config import TrainConfig
 
 
@@ -16,13 +18,30 @@ def hold_fixed(model, tcfg: TrainConfig, step: int) -> None:
             p.grad = None
 
 
-def learning_rate(tcfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of 0-based `epoch`. 'iwae': stage i lasts 3^i epochs at
-    lr * 10^(-i/7), i = 0..7 (Burda et al. 2016, sec. 5; 3,280 epochs in all), then stays."""
-    if tcfg.lr_schedule == "constant":
-        return tcfg.lr
-    stage, end = 0, 1
+def constant(tcfg: TrainConfig, progress: float) -> float:
+    """The learning rate throughout."""
+    return 1.0
+
+
+def iwae_stages(tcfg: TrainConfig, progress: float) -> float:
+    """Burda et al. 2016, sec. 5: stage i lasts 3^i epochs at lr * 10^(-i/7), i = 0..7 (3,280 epochs), then stays."""
+    epoch, stage, end = int(progress), 0, 1
     while epoch >= end and stage < 7:
         stage += 1
         end += 3**stage
-    return tcfg.lr * 10 ** (-stage / 7)
+    return 10 ** (-stage / 7)
+
+
+def cosine(tcfg: TrainConfig, progress: float) -> float:
+    """Half a cosine from lr to 0 over the run's epochs (Loshchilov & Hutter 2017, without restarts)."""
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress / max(tcfg.epochs, 1e-9))))
+
+
+# name -> factor(tcfg, progress in epochs) of TrainConfig.lr; --lr-warmup-epochs ramps any of them up from 0
+LR_SCHEDULES = {"constant": constant, "iwae": iwae_stages, "cosine": cosine}
+
+
+def learning_rate(tcfg: TrainConfig, progress: float) -> float:
+    """The learning rate at `progress` epochs into training (fractional: it may change every step)."""
+    warm = min(1.0, (progress + 1e-12) / tcfg.lr_warmup_epochs) if tcfg.lr_warmup_epochs > 0 else 1.0
+    return tcfg.lr * warm * LR_SCHEDULES[tcfg.lr_schedule](tcfg, progress)

@@ -270,7 +270,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     bar = tqdm(total=n, initial=min(n, start * tcfg.batch_size), unit="img", unit_scale=True, leave=False,
                desc=f"epoch {epoch + 1}/{tcfg.epochs}") if progress else None
     for i, (xb, yb) in enumerate(batches(s.train, tcfg.batch_size, s.generator, order=order, start=start), start):
-        lr = learning_rate(tcfg, epoch) * s.guard.lr_scale
+        lr = learning_rate(tcfg, epoch + i / steps_per_epoch) * s.guard.lr_scale
         for group in s.optimizer.param_groups:
             group["lr"] = lr
         with autocast(model.device, s.precision):
@@ -303,7 +303,8 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
                             "keeps its last finite checkpoint: retrain with a lower --lr (or resume it to try again)")
     seen = max(sums.pop("seen"), 1.0)
     means = {f"train_{k}": v / seen for k, v in sums.items()}
-    record = {"epoch": epoch + 1, "lr": learning_rate(tcfg, epoch) * s.guard.lr_scale, **means,
+    record = {"epoch": epoch + 1, "lr": learning_rate(tcfg, epoch + (steps_per_epoch - 1) / steps_per_epoch) * s.guard.lr_scale,
+              **means,
               "train_neg_elbo": means["train_recon"] + means["train_kl"]}
     if s.guard.skipped or s.guard.rollbacks:
         record.update(skipped_steps=s.guard.skipped, rollbacks=s.guard.rollbacks)
