@@ -10,13 +10,17 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 from pathlib import Path
 
 from .errors import CheckpointError
 from .files import atomic_write_text
+
+try:
+    import fcntl
+except ImportError:   # not a POSIX system (Windows): runs are not locked there
+    fcntl = None
 
 MARKER, LOCK = ".vaekit-run", ".lock"
 
@@ -55,7 +59,8 @@ class RunLock:
     def acquire(self) -> RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
