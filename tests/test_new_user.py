@@ -187,7 +187,7 @@ def test_vq_vae_curves_report_and_samples_use_the_right_names(tmp_path):
     assert "Negative ELBO" not in page and "<th>KL</th>" not in table and "objective (vq)" in table
     assert f", precision {run.metrics[-1]['precision']}" in page            # the precision used, as in metrics.jsonl
     extras = page.split('<table id="extras">')[1].split("</table>")[0]
-    assert "perplexity" in extras and "nll_bound" in extras
+    assert "codes: perplexity" in extras and "codes: nll bound" in extras
     assert "codes" in evaluate_run(tmp_path / "vq")
 
 

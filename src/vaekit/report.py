@@ -65,7 +65,7 @@ def extras_rows(run) -> list[list]:
     rows = []
     for group, values in extras.items():
         for k, v in (values.items() if isinstance(values, dict) else [("", values)]):
-            rows.append([f"{group} {k}".strip(), float(v) if isinstance(v, float) else v])
+            rows.append([f"{group}: {k.replace('_', ' ')}" if k else group, float(v) if isinstance(v, float) else v])
     return rows
 
 
