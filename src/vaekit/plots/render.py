@@ -75,7 +75,8 @@ def _png(fig) -> bytes:
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
     grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb[..., 0] if grey else rgb)).save(buf, format="PNG", optimize=True)
+    # optimize=True tried every filter and was 4-5x slower for files within 5% of the size (measured on the report)
+    Image.fromarray(np.ascontiguousarray(rgb[..., 0] if grey else rgb)).save(buf, format="PNG")
     return buf.getvalue()
 
 
