@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from .config import SCHEDULE_READS, SECTIONS, DataConfig, ModelConfig, RunConfig, TrainConfig, flag_of, unknown
 from .data import DataSplits
 from .errors import ConfigError
@@ -128,7 +130,8 @@ def check_support(model, data: DataSplits) -> None:
     splits = [ds.x for ds in (data.train, data.val, data.test) if ds is not None and len(ds)]
     if support is None or not splits:
         return
-    lo, hi = min(x.min().item() for x in splits), max(x.max().item() for x in splits)
+    ranges = [torch.aminmax(x) for x in splits]   # one pass over each split, not two
+    lo, hi = min(r.min.item() for r in ranges), max(r.max.item() for r in ranges)
     if lo < support[0] or hi > support[1]:
         what = " (a table, standardised)" if data.mean is not None else ""
         raise ConfigError(f"the {model.config.likelihood} likelihood models data in [{support[0]:g}, {support[1]:g}] but "
