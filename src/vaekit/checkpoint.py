@@ -19,23 +19,27 @@ from safetensors.torch import save_file
 from .config import CHECKPOINTS, RunConfig
 from .errors import CheckpointError, ConfigError, VaekitError
 from .files import file_mode, fsync_dir, fsync_file
+from .guard import non_finite
 from .models import build_model
 from .runtime import resolve_device
 
 FORMAT = "vaekit-checkpoint"
 VERSION = "1"
-CKPT, CKPT_TMP, CKPT_OLD = "checkpoint", ".checkpoint.tmp", ".checkpoint.old"
+CKPT, CKPT_OLD = "checkpoint", ".checkpoint.old"
 BEST = "best"   # the weights of the epoch with the lowest validation loss
 
 
-def _save(tensors: dict, path: Path, meta: dict) -> None:
-    save_file(tensors, path, meta)
-    os.chmod(path, file_mode())
-    fsync_file(path)
-
-
-def _swap_in(tmp: Path, final: Path, old: Path) -> None:
-    """Replace folder `final` by `tmp` with two renames; between them `old` is the complete previous one."""
+def _write_folder(run_dir: Path, name: str, files: dict[str, tuple[dict, dict]]) -> None:
+    """RUN/name/ holding safetensors files (file name -> (tensors, metadata)): written into .name.tmp, fsynced,
+    and swapped in by two renames; between them .name.old is the complete previous folder."""
+    run_dir = Path(run_dir)
+    tmp, final, old = run_dir / f".{name}.tmp", run_dir / name, run_dir / f".{name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for file_name, (tensors, meta) in files.items():
+        save_file(tensors, tmp / file_name, meta)
+        os.chmod(tmp / file_name, file_mode())   # safetensors creates files 0600; the usual mode is 0644
+        fsync_file(tmp / file_name)
     fsync_dir(tmp)
     if final.is_dir():
         shutil.rmtree(old, ignore_errors=True)
@@ -60,28 +64,26 @@ def _checkpoint_dir(run_dir: Path) -> Path:
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Save weights, optimiser and trainer `state` (JSON scalars + tensors under state['tensors'])."""
-    run_dir = Path(run_dir)
-    tmp, final, old = run_dir / CKPT_TMP, run_dir / CKPT, run_dir / CKPT_OLD
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    meta = {"format": FORMAT, "version": VERSION, "epoch": str(state["epoch"])}
-    _save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors", meta)
+    meta = _meta(state["epoch"])
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors = {**opt_tensors, **{f"state/{k}": v for k, v in state.get("tensors", {}).items()}}
     scalars = {k: v for k, v in state.items() if k != "tensors"}
-    _save(tensors, tmp / "trainer.safetensors", {**meta, "optimizer": json.dumps(opt_meta), "state": json.dumps(scalars)})
-    _swap_in(tmp, final, old)
+    _write_folder(run_dir, CKPT, {
+        "model.safetensors": (_weights(model), meta),
+        "trainer.safetensors": (tensors, {**meta, "optimizer": json.dumps(opt_meta), "state": json.dumps(scalars)})})
 
 
 def save_best(run_dir: Path, model: torch.nn.Module, epoch: int) -> None:
     """RUN/best/model.safetensors: the weights of `epoch`, swapped in as atomically as a checkpoint."""
-    run_dir = Path(run_dir)
-    tmp, final, old = run_dir / f".{BEST}.tmp", run_dir / BEST, run_dir / f".{BEST}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    meta = {"format": FORMAT, "version": VERSION, "epoch": str(epoch)}
-    _save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors", meta)
-    _swap_in(tmp, final, old)
+    _write_folder(run_dir, BEST, {"model.safetensors": (_weights(model), _meta(epoch))})
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _meta(epoch: int) -> dict[str, str]:
+    return {"format": FORMAT, "version": VERSION, "epoch": str(epoch)}
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -155,7 +157,7 @@ def _epoch(meta: dict, run_dir: Path) -> int:
 
 def check_finite(model: torch.nn.Module, where) -> None:
     """Refuse weights holding NaN or Inf: a model that has diverged must not be evaluated, sampled or drawn."""
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = non_finite(model)
     if bad:
         raise CheckpointError(f"the weights in {where} hold NaN or Inf ({bad[0]}{' ...' if len(bad) > 1 else ''}); "
                               "the run diverged: resume it from a finite checkpoint with a lower --lr, or retrain")

@@ -33,8 +33,13 @@ def step_is_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tens
     return torch.isfinite(total).float()
 
 
+def non_finite(model: torch.nn.Module) -> list[str]:
+    """The names of the weights and buffers that hold NaN or Inf."""
+    return [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def weights_finite(model: torch.nn.Module) -> bool:
-    return all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
+    return not non_finite(model)
 
 
 class Guard:
@@ -43,7 +48,7 @@ class Guard:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scale: float = 1.0, log=print):
         self.model, self.optimizer, self.lr_scale, self.log = model, optimizer, lr_scale, log
         self.bad_in_a_row, self.skipped, self.rollbacks = 0, 0, 0
-        self.snapshot()
+        self.good = None   # snapshot() once the starting state is in place
 
     def snapshot(self) -> None:
         """The current state is good (it is about to be, or has just been, checkpointed)."""

@@ -86,10 +86,10 @@ def check_applicable(config: RunConfig) -> None:
     """Refuse an option that does nothing with the chosen model, loss, likelihood, architecture, prior and
     schedule; also a closed-form KL demanded where the prior has none."""
     read = {f for entry in chosen_components(config).values() for f in reads_of(entry)}
+    defaults = {f.name: (section, f.default) for section in (ModelConfig, TrainConfig) for f in dataclasses.fields(section)}
     for f, users in _all_readers().items():
-        section = ModelConfig if f in {x.name for x in dataclasses.fields(ModelConfig)} else TrainConfig
+        section, default = defaults[f]
         cfg = config.model if section is ModelConfig else config.train
-        default = next(x.default for x in dataclasses.fields(section) if x.name == f)
         if f not in read and getattr(cfg, f) != default:
             raise ConfigError(f"{flag_of(section, f)} {getattr(cfg, f)} ({section.__name__}.{f}) does nothing here: "
                               f"it applies to {' or '.join(users)}; drop it")

@@ -112,40 +112,22 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-class IdleCPUs:
-    """How many CPUs other processes left idle over a window (from /proc/stat, minus this process's own CPU time
-    from os.times(), so the window may overlap this process's own work). Start it, do work, then read .cpus."""
-
-    def __init__(self):
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample():
-        try:
-            with open("/proc/stat") as f:
-                values = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
+def idle_cpus(seconds: float = 0.2) -> float | None:
+    """How many CPUs other processes leave idle over `seconds` (from /proc/stat, less this process's own CPU
+    time from os.times()); None where /proc/stat is absent."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
         own = os.times()
         return time.monotonic(), sum(values[:8]) - values[3] - values[4], own.user + own.system   # busy jiffies
-
-    def cpus(self, min_seconds: float = 0.1) -> float | None:
-        if self.start is None:
-            return None
-        wait = min_seconds - (time.monotonic() - self.start[0])
-        if wait > 0:
-            time.sleep(wait)
-        end = self._sample()
-        if end is None:
-            return None
-        seconds = end[0] - self.start[0]
-        others = (end[1] - self.start[1]) / os.sysconf("SC_CLK_TCK") - (end[2] - self.start[2])   # busy CPU-seconds
-        return max(0.0, (os.cpu_count() or 1) - max(others, 0.0) / seconds)
-
-
-def idle_cpus(seconds: float = 0.2) -> float | None:
-    """How many CPUs other processes leave idle, measured over `seconds`."""
-    return IdleCPUs().cpus(seconds)
+    try:
+        start = sample()
+        time.sleep(seconds)
+        end = sample()
+    except (OSError, ValueError):
+        return None
+    others = (end[1] - start[1]) / os.sysconf("SC_CLK_TCK") - (end[2] - start[2])   # busy CPU-seconds of the others
+    return max(0.0, (os.cpu_count() or 1) - max(others, 0.0) / (end[0] - start[0]))
 
 
 def resolve_threads(requested: int | None, device: torch.device, idle: float | None = -1.0) -> int:

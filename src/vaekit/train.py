@@ -151,6 +151,7 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     except BaseException:
         lock.release()
         raise
+    s.guard.snapshot()   # the state training starts from is the first good one
     s.history = read_metrics(run_dir, upto=s.start, log=log)
     write_metrics(run_dir, s.history)   # drops lines of epochs past the checkpoint
     if s.start < tcfg.epochs:
@@ -178,7 +179,6 @@ def _restore(s: Session) -> None:
     s.guard.lr_scale = state.get("lr_scale", 1.0)
     if s.config.train.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
         s.precision = state["precision"]   # what 'auto' chose when the run started: a resume never switches
-    s.guard.snapshot()
     tensors = state["tensors"]
     torch.set_rng_state(tensors["torch_rng"])
     s.generator.set_state(tensors["data_rng"].to(s.generator.get_state().device))
