@@ -32,6 +32,7 @@ SCHEDULE_READS = {"joint": (), "alternating": ("e_steps", "m_steps")}
 SCHEDULES = tuple(SCHEDULE_READS)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("auto", "on", "off")
 CHECKPOINTS = ("last", "best")               # which weights eval / sample / plot load
 MAX_IMAGE_SIZE = 4096                        # --image-size: 4096 x 4096 x 3 floats is 200 MB per image already
 
@@ -221,6 +222,8 @@ class TrainConfig:
                                  default_text="the CPUs of this process that are idle when training starts")
     precision: str = option("auto", "auto (bf16 autocast where this machine runs it faster; measured once and cached), "
                             "fp32 or bf16; weights and sums stay fp32")
+    compile: str = option("auto", "torch.compile the training step: on, off, or auto (runs of 10,000 steps or more; "
+                          "a compile costs seconds)")
 
     def __post_init__(self):
         check_types(TrainConfig, self)
@@ -237,6 +240,7 @@ class TrainConfig:
         _check_choice(TrainConfig, self, "schedule", SCHEDULES)
         _check_choice(TrainConfig, self, "device", DEVICES)
         _check_choice(TrainConfig, self, "precision", PRECISIONS)
+        _check_choice(TrainConfig, self, "compile", COMPILE_MODES)
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

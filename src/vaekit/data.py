@@ -192,8 +192,11 @@ def batches(ds: Dataset, batch_size: int, generator: torch.Generator | None = No
     if order is None and shuffle:
         order = torch.randperm(n, generator=generator, device=ds.x.device)
     for i in range(start * batch_size, n, batch_size):
-        sl = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
-        xb = ds.x[sl]
+        if order is not None:   # index_select: 3-4x faster than x[rows] here
+            rows = order[i:i + batch_size]
+            xb, yb = ds.x.index_select(0, rows), None if ds.y is None else ds.y.index_select(0, rows)
+        else:
+            xb, yb = ds.x[i:i + batch_size], None if ds.y is None else ds.y[i:i + batch_size]
         if ds.binarise:
             xb = torch.bernoulli(xb, generator=generator)
-        yield xb, (None if ds.y is None else ds.y[sl])
+        yield xb, yb

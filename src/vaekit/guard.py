@@ -25,9 +25,9 @@ class DivergedError(VaekitError):
 
 
 def step_is_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    """A 0-d tensor: 1.0 if the loss and every gradient are finite, else 0.0 (no host synchronisation here)."""
+    """A 0-d tensor: 1.0 if the loss (any shape) and every gradient are finite, else 0.0 (no host synchronisation)."""
     grads = [p.grad for p in params if p.grad is not None]
-    total = loss.detach().float()
+    total = loss.detach().float().sum()
     if grads:
         total = total + torch.stack(torch._foreach_norm(grads)).float().sum()   # one fused pass over the gradients
     return torch.isfinite(total).float()

@@ -31,11 +31,12 @@ from .models import LatentModel, build_model
 from .objectives import LossContext, get_loss
 from .resolve import check_applicable, check_names, check_support, differences, reads_of, resolve
 from .rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
-from .runtime import autocast, idle_cpus, resolve_device, resolve_precision, resolve_threads, warm_up_optimizers
+from .runtime import idle_cpus, resolve_device, resolve_precision, resolve_threads, warm_up_optimizers
 from .schedules import hold_fixed, learning_rate
 from .signals import Interrupted, stop_on_signals
+from .step import Step, should_compile
 
-RESUMABLE = ("epochs", "max_minutes", "early_stop", "checkpoint_every", "threads", "device")  # what a resumed run may change
+RESUMABLE = ("epochs", "max_minutes", "early_stop", "checkpoint_every", "threads", "device", "compile")  # what a resumed run may change
 Hook = Callable[[dict, torch.nn.Module], None]  # called after each epoch with (record, model)
 
 
@@ -70,6 +71,7 @@ class Session:
     guard: Guard | None = None       # the NaN/Inf guard (skips, roll-backs, the learning-rate scale)
     position: dict | None = None     # where a mid-epoch checkpoint left the epoch (step, sums, epoch_rng)
     stop_signal: int = 0             # SIGINT or SIGTERM received: save and stop after this step
+    step: Step | None = None         # forward + loss + backward of one batch, eager or compiled
 
 
 def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
@@ -152,6 +154,8 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
         lock.release()
         raise
     s.guard.snapshot()   # the state training starts from is the first good one
+    steps_left = max(0, tcfg.epochs - s.start) * math.ceil(len(s.train) / tcfg.batch_size)
+    s.step = Step(model, get_loss(tcfg.loss), s.precision, tcfg.batch_size, should_compile(tcfg.compile, steps_left), log)
     s.history = read_metrics(run_dir, upto=s.start, log=log)
     write_metrics(run_dir, s.history)   # drops lines of epochs past the checkpoint
     if s.start < tcfg.epochs:
@@ -244,7 +248,8 @@ def banner(s: Session, data_name: str) -> str:
     how.append(f"{tcfg.schedule} schedule")
     return (f"training {s.config.model.model} ({', '.join(how)}; {model.describe_latent()}) on {data_name}: "
             f"{len(s.train)} examples, epochs {s.start + 1}-{tcfg.epochs}, device {model.device}, {s.precision}, "
-            f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}")
+            f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
+            + (", compiled step" if s.step is not None and s.step.compiled else ""))
 
 
 def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
@@ -252,7 +257,6 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     epoch's mean loss terms. Saves mid-epoch state every checkpoint_every minutes and on SIGINT/SIGTERM."""
     tcfg, model, n = s.config.train, s.model, len(s.train)
     model.train()
-    loss_fn = get_loss(tcfg.loss)
     ctx = LossContext(tcfg, epoch, n)
     steps_per_epoch = math.ceil(n / tcfg.batch_size)
     position, s.position = s.position, None
@@ -273,15 +277,11 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         lr = learning_rate(tcfg, epoch + i / steps_per_epoch) * s.guard.lr_scale
         for group in s.optimizer.param_groups:
             group["lr"] = lr
-        with autocast(model.device, s.precision):
-            terms = loss_fn(model.given(yb), xb, dataclasses.replace(ctx, epoch=epoch + i * tcfg.batch_size / n))
-        loss = terms["loss"].mean()
         s.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        sums_now = s.step(xb, yb, dataclasses.replace(ctx, epoch=epoch + i * tcfg.batch_size / n))
         if tcfg.schedule == "alternating":
             hold_fixed(model, tcfg, epoch * steps_per_epoch + i)
-        values = torch.stack([terms[k].detach().sum() for k in ("loss", "recon", "kl")]
-                             + [step_is_finite(loss, params)]).tolist()   # one host synchronisation per step
+        values = torch.cat([sums_now, step_is_finite(sums_now, params)[None]]).tolist()   # one host synchronisation per step
         if s.guard.record(values[3] == 1.0):
             s.optimizer.step()
             for k, v in zip(("loss", "recon", "kl"), values, strict=False):
@@ -337,7 +337,7 @@ def end_epoch(s: Session, record: dict, hooks, log) -> None:
         record.update({f"val_{k}": v for k, v in terms.items()})
         record.update({f"val_{k}": v for k, v in s.model.validation_extras(s.val).items()})
     record.update(seconds=time.perf_counter() - t0, images_per_s=len(s.train) / train_seconds, precision=s.precision,
-                  threads=torch.get_num_threads())
+                  threads=torch.get_num_threads(), compiled=s.step.compiled)
     numbers = [v for v in record.values() if isinstance(v, float)]
     if not weights_finite(s.model) or not all(math.isfinite(v) for v in numbers):
         # nothing non-finite is ever saved: back to the last good state, and this epoch is not recorded

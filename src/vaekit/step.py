@@ -1,0 +1,81 @@
+"""The training step: forward, loss and backward of one batch, eager or compiled by torch.compile.
+
+Every model and loss goes through this one function; compiling changes how it runs, not what it computes.
+Inductor fuses the likelihood, the KL and their gradients into a few loops around the matrix products, and
+cuts the per-step overhead of many small kernels. Measured on this project's 2-core AMD EPYC, whole epochs of
+`vaekit train`: the iwae-paper preset (784-200-200-50, batch 20, fp32) 14.7k images/s eager, 17.6k compiled;
+the mnist-fast preset (784-400-20, batch 256, bf16) about 84k either way. A compile costs 7-8 s on a cold
+cache and 1.5-2 s once Inductor has it on disk, so 'auto' compiles only runs long enough to repay it
+(COMPILE_MIN_STEPS).
+
+The compiled step keeps the eager step's numbers within rounding: the noise is drawn by the same torch.randn
+(Inductor's fallback_random), so the RNG streams, and with them a resume, stay exact. A batch of another size
+(the epoch's last) runs eagerly instead of costing a second compile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .config import COMPILE_MODES
+from .errors import ConfigError
+from .runtime import autocast
+
+COMPILE_MIN_STEPS = 10_000   # 'auto' compiles a run with at least this many steps left (a minute or more of eager steps)
+BACKEND = "inductor"         # torch.compile's backend (the tests use aot_eager: the same graphs, no code generation)
+TERMS = ("loss", "recon", "kl")
+
+
+def forward_backward(model, loss_fn: Callable, precision: str, x: torch.Tensor, y: torch.Tensor | None, ctx) -> torch.Tensor:
+    """The loss of batch (x, y) and its gradients (accumulated into .grad); returns the sums over the batch of
+    the loss terms TERMS, (3,), detached. The loss is the batch mean of the per-example loss."""
+    with autocast(model.device, precision):
+        terms = loss_fn(model.given(y), x, ctx)
+    terms["loss"].mean().backward()
+    return torch.stack([terms[k].detach().float().sum() for k in TERMS])
+
+
+class Step:
+    """forward_backward for one model, loss and precision; compiled for batches of `batch_size` when asked."""
+
+    def __init__(self, model, loss_fn: Callable, precision: str, batch_size: int, compiled: bool, log=print):
+        self.model, self.loss_fn, self.precision, self.batch_size, self.log = model, loss_fn, precision, batch_size, log
+        self.compiled = compiled
+        self._compiled_fn = _compile(forward_backward) if compiled else None
+        self._tried = False
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None, ctx) -> torch.Tensor:
+        if self._compiled_fn is None or len(x) != self.batch_size:
+            return forward_backward(self.model, self.loss_fn, self.precision, x, y, ctx)
+        if self._tried:
+            return self._compiled_fn(self.model, self.loss_fn, self.precision, x, y, ctx)
+        self._tried = True
+        try:
+            return self._compiled_fn(self.model, self.loss_fn, self.precision, x, y, ctx)
+        except Exception as e:   # no C++ compiler, an unsupported operation...: the same step, eagerly
+            self._compiled_fn, self.compiled = None, False
+            for p in self.model.parameters():
+                p.grad = None    # whatever a half-run compiled step left behind
+            self.log(f"note: torch.compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:120]}); training "
+                     "eagerly (the same numbers, slower); pass --compile off to skip the attempt")
+            return forward_backward(self.model, self.loss_fn, self.precision, x, y, ctx)
+
+
+def _compile(fn):
+    # fallback_random: torch.randn inside the graph stays the eager generator's, so compiled runs draw the same
+    # noise as eager ones and resume exactly; dynamic=False: one graph for the full batch size (the last,
+    # smaller batch runs eagerly)
+    if BACKEND != "inductor":
+        return torch.compile(fn, dynamic=False, backend=BACKEND)
+    return torch.compile(fn, dynamic=False, options={"fallback_random": True})
+
+
+def should_compile(mode: str, steps_left: int) -> bool:
+    """Whether to compile the step: 'on', 'off', or 'auto' (runs with at least COMPILE_MIN_STEPS steps to go)."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile mode {mode!r} is unknown; use {', '.join(COMPILE_MODES)}")
+    if mode != "auto":
+        return mode == "on"
+    return steps_left >= COMPILE_MIN_STEPS

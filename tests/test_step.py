@@ -1,0 +1,162 @@
+"""The training step: every registered model and loss goes through the same forward_backward, compiled or
+eager, with the same numbers; a failed compile falls back; the last, smaller batch runs eagerly; and a
+compiled run resumes bit-exactly."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from vaekit import MODELS, ModelConfig, RunConfig, TrainConfig, fit
+from vaekit import step as step_module
+from vaekit.checkpoint import load_model
+from vaekit.cli import main
+from vaekit.errors import ConfigError
+from vaekit.models import build_model
+from vaekit.objectives import LOSSES, LossContext, get_loss
+from vaekit.step import COMPILE_MIN_STEPS, Step, should_compile
+
+from conftest import synthetic_splits
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHAPE = (1, 6, 6)
+
+
+def _variants():
+    """Every model with every loss it can train with (a loss it cannot take is refused, not tried)."""
+    out = []
+    for name, cls in MODELS.items():
+        for loss in LOSSES:
+            if loss == cls.default_loss or (cls.stochastic and not cls.discrete and loss in ("elbo", "iwae", "capacity")):
+                out.append((name, loss))
+    return out
+
+
+def _model_and_batch(name: str):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model=name, latent_dim=2, hidden_dims=(8,), input_shape=SHAPE, num_classes=3))
+    data = synthetic_splits(SHAPE, n=48)
+    return model, data.train.x[:8], data.train.y[:8]
+
+
+def _grads_after(model, run) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    for p in model.parameters():
+        p.grad = None
+    torch.manual_seed(1)    # the same noise for both runs
+    sums = run()
+    return sums, [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+
+
+@pytest.mark.parametrize(("name", "loss"), _variants())
+def test_every_variant_gives_the_same_numbers_compiled(monkeypatch, name, loss):
+    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")   # the graphs torch.compile captures, without codegen
+    tcfg = TrainConfig(loss=loss, mc_samples=2 if loss == "iwae" else 1, precision="fp32")
+    ctx = LossContext(tcfg, 0.5, 40)
+    model, x, y = _model_and_batch(name)
+    eager = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=False)
+    compiled = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=True, log=pytest.fail)   # no fallback
+    sums_e, grads_e = _grads_after(model, lambda: eager(x, y, ctx))
+    sums_c, grads_c = _grads_after(model, lambda: compiled(x, y, ctx))
+    assert compiled.compiled and sums_e.shape == (3,)
+    torch.testing.assert_close(sums_c, sums_e, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_c, grads_e, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_step_sums_the_loss_terms_and_gives_the_mean_loss_gradient():
+    model, x, _ = _model_and_batch("vae")
+    tcfg = TrainConfig(precision="fp32")
+    ctx = LossContext(tcfg, 1.0, 40)
+    step = Step(model, get_loss("elbo"), "fp32", batch_size=8, compiled=False)
+    sums, grads = _grads_after(model, lambda: step(x, None, ctx))
+    torch.manual_seed(1)
+    terms = get_loss("elbo")(model, x, ctx)   # independently: autograd of the batch mean
+    expected = torch.autograd.grad(terms["loss"].mean(), list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(sums, torch.stack([terms[k].sum() for k in ("loss", "recon", "kl")]).detach())
+    for a, b in zip(grads, expected, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b)
+
+
+def test_a_failed_compile_falls_back_to_the_eager_step(monkeypatch):
+    def broken(fn):
+        def run(*args):
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return run
+    monkeypatch.setattr(step_module, "_compile", broken)
+    model, x, _ = _model_and_batch("vae")
+    ctx = LossContext(TrainConfig(precision="fp32"), 1.0, 40)
+    notes = []
+    step = Step(model, get_loss("elbo"), "fp32", batch_size=8, compiled=True, log=notes.append)
+    sums_fallback, _ = _grads_after(model, lambda: step(x, None, ctx))
+    eager = Step(model, get_loss("elbo"), "fp32", batch_size=8, compiled=False)
+    sums_eager, _ = _grads_after(model, lambda: eager(x, None, ctx))
+    assert not step.compiled and len(notes) == 1
+    assert "torch.compile failed here (RuntimeError: no C++ compiler)" in notes[0] and "--compile off" in notes[0]
+    assert torch.equal(sums_fallback, sums_eager)
+
+
+def test_a_batch_of_another_size_runs_eagerly(monkeypatch):
+    calls = []
+
+    def counting(fn):
+        def run(*args):
+            calls.append(len(args[3]))
+            return fn(*args)
+        return run
+    monkeypatch.setattr(step_module, "_compile", counting)
+    model, x, _ = _model_and_batch("vae")
+    step = Step(model, get_loss("elbo"), "fp32", batch_size=8, compiled=True)
+    ctx = LossContext(TrainConfig(precision="fp32"), 1.0, 40)
+    step(x, None, ctx)
+    step(x[:5], None, ctx)
+    assert calls == [8]
+
+
+def test_should_compile():
+    assert should_compile("on", 1) and not should_compile("off", 10**9)
+    assert should_compile("auto", COMPILE_MIN_STEPS) and not should_compile("auto", COMPILE_MIN_STEPS - 1)
+    with pytest.raises(ConfigError, match="compile mode 'sometimes' is unknown"):
+        should_compile("sometimes", 1)
+    with pytest.raises(ConfigError, match="--compile"):
+        TrainConfig(compile="sometimes")
+
+
+def _config(epochs: int) -> RunConfig:
+    return RunConfig(ModelConfig(latent_dim=2, hidden_dims=(8,), input_shape=SHAPE),
+                     train=TrainConfig(epochs=epochs, batch_size=16, precision="fp32", compile="on", seed=3))
+
+
+def test_a_compiled_run_resumes_bit_exactly_and_records_it(tmp_path):
+    """Inductor for real: the noise comes from the eager generator, so resuming repeats the run exactly."""
+    data = synthetic_splits(SHAPE, n=96)
+    quiet = dict(data=data, progress=False, log=lambda s: None)
+    whole = fit(_config(2), tmp_path / "whole", **quiet)
+    fit(_config(1), tmp_path / "parts", **quiet)
+    resumed = fit(_config(2), tmp_path / "parts", resume=True, **quiet)
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert [r["compiled"] for r in whole.history] == [True, True]
+    model, _, _ = load_model(tmp_path / "whole")
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
+def test_compile_from_the_command_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--epochs", "1", "--latent-dim", "2", "--hidden", "8",
+                 "--compile", "off", "--run-dir", str(run), "--no-report", "--no-progress"]) == 0
+    assert "compiled step" not in capsys.readouterr().out
+    assert main(["train", "--data", "digits", "--compile", "maybe", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "--compile" in capsys.readouterr().err
+
+
+def test_compile_may_change_on_resume(tmp_path):
+    data = synthetic_splits(SHAPE, n=48)
+    cfg = dataclasses.replace(_config(1), train=dataclasses.replace(_config(1).train, compile="off"))
+    fit(cfg, tmp_path / "r", data=data, progress=False, log=lambda s: None)
+    more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2, compile="auto"))
+    result = fit(more, tmp_path / "r", resume=True, data=data, progress=False, log=lambda s: None)
+    assert [r["compiled"] for r in result.history] == [False, False]   # auto: a short run stays eager
