@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import synthetic_splits
 from vaekit import MODELS, ModelConfig, RunConfig, TrainConfig, fit
 from vaekit import step as step_module
 from vaekit.checkpoint import load_model
@@ -15,8 +16,6 @@ from vaekit.errors import ConfigError
 from vaekit.models import build_model
 from vaekit.objectives import LOSSES, LossContext, get_loss
 from vaekit.step import COMPILE_MIN_STEPS, Step, should_compile
-
-from conftest import synthetic_splits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
