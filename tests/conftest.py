@@ -20,6 +20,18 @@ def mnist_root() -> Path | None:
 needs_mnist = pytest.mark.skipif(mnist_root() is None, reason="MNIST not found under $VAEKIT_DATA")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """What vaekit caches (the precision choice, decompressed data) goes to a folder of this test session."""
+    before = os.environ.get("VAEKIT_CACHE")
+    os.environ["VAEKIT_CACHE"] = str(tmp_path_factory.mktemp("vaekit-cache"))
+    yield
+    if before is None:
+        os.environ.pop("VAEKIT_CACHE", None)
+    else:
+        os.environ["VAEKIT_CACHE"] = before
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -3,6 +3,7 @@ import hashlib
 import os
 import struct
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +32,38 @@ def test_read_idx_round_trip(tmp_path, gz):
     payload = bytes(range(24))
     arr = read_idx(write_idx(tmp_path / ("x.gz" if gz else "x"), payload, (2, 3, 4), gz=gz))
     assert arr.shape == (2, 3, 4) and arr.reshape(-1).tolist() == list(range(24))
+
+
+def test_a_gz_is_decompressed_once_and_read_back_from_the_cache(tmp_path, monkeypatch):
+    from vaekit.sources import idx
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "cache"))
+    path = write_idx(tmp_path / "x.gz", bytes(range(24)), (2, 3, 4))
+    first = read_idx(path)
+    copies = list((tmp_path / "cache" / "idx").iterdir())
+    assert len(copies) == 1 and copies[0].read_bytes() == gzip.decompress(path.read_bytes())
+
+    def no_gzip(data):
+        raise AssertionError("decompressed again")
+    monkeypatch.setattr(idx.gzip, "decompress", no_gzip)
+    assert np.array_equal(read_idx(path), first)
+    monkeypatch.undo()
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "cache"))
+
+    copies[0].write_bytes(b"damaged")              # a damaged copy is ignored and written again
+    assert np.array_equal(read_idx(path), first)
+    assert copies[0].read_bytes() == gzip.decompress(path.read_bytes())
+
+    write_idx(path, bytes(range(100, 124)), (2, 3, 4))   # the file changed: its new bytes, one copy kept
+    os.utime(path, ns=(1, 2))
+    assert read_idx(path).reshape(-1).tolist() == list(range(100, 124))
+    assert len(list((tmp_path / "cache" / "idx").iterdir())) == 1
+
+
+def test_an_unwritable_cache_still_reads(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "cache"))
+    path = write_idx(tmp_path / "x.gz", bytes(range(24)), (2, 3, 4))
+    assert read_idx(path).reshape(-1).tolist() == list(range(24))
 
 
 def test_truncated_idx_is_refused_with_a_clear_message(tmp_path):

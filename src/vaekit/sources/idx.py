@@ -7,6 +7,7 @@ checksum, so a recompressed but intact copy loads and a truncated or corrupt one
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 import zlib
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..files import atomic_write_bytes
+from ..runtime import cache_dir
 from .arrays import Arrays
 from .download import fetch
 
@@ -23,27 +26,68 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
 
 
 def read_idx(path: str | Path, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Read an IDX file (.gz or raw) into an array; with expect_shape, insist on it."""
+    """Read an IDX file (.gz or raw) into an array; with expect_shape, insist on it. A .gz is decompressed once:
+    later reads take the copy kept in cache_dir()/idx (MNIST's training images: 0.13 s to decompress)."""
     path = Path(path)
-    fix = "delete it (vaekit downloads it again) or replace it with an intact copy"
+    if path.suffix == ".gz":
+        copy = _decompressed_copy(path)
+        if copy is not None:
+            try:
+                return _parse(copy.read_bytes(), path, expect_shape)
+            except (OSError, DataError):
+                pass   # a copy gone or damaged since: decompressed again below, and rewritten
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise DataError(f"{path} is corrupt or unreadable ({e}); {fix}") from None
+        raise DataError(f"{path} is corrupt or unreadable ({e}); {_FIX}") from None
+    array = _parse(raw, path, expect_shape)
+    if path.suffix == ".gz":
+        _keep_decompressed(path, raw)
+    return array
+
+
+_FIX = "delete it (vaekit downloads it again) or replace it with an intact copy"
+
+
+def _parse(raw: bytes, path: Path, expect_shape: tuple[int, ...] | None) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number); {fix}")
+        raise DataError(f"{path} is not an IDX file (bad magic number); {_FIX}")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path} is truncated (incomplete header); {fix}")
+        raise DataError(f"{path} is truncated (incomplete header); {_FIX}")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_DTYPES[raw[2]])
     need = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != need:
-        raise DataError(f"{path} holds {len(raw) - header} data bytes but its header {shape} needs {need}; {fix}")
+        raise DataError(f"{path} holds {len(raw) - header} data bytes but its header {shape} needs {need}; {_FIX}")
     if expect_shape is not None and tuple(shape) != tuple(expect_shape):
-        raise DataError(f"{path} has shape {shape}, expected {tuple(expect_shape)}; {fix}")
+        raise DataError(f"{path} has shape {shape}, expected {tuple(expect_shape)}; {_FIX}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _decompressed_copy(path: Path) -> Path | None:
+    """Where the decompressed bytes of this .gz are kept: named by its absolute path, size and modification
+    time, so a changed or replaced file is decompressed again (None: it cannot be stat'ed)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    return cache_dir() / "idx" / f"{path.stem}.{key}.{st.st_size}-{st.st_mtime_ns}"
+
+
+def _keep_decompressed(path: Path, raw: bytes) -> None:
+    copy = _decompressed_copy(path)
+    if copy is None:
+        return
+    try:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        for old in copy.parent.glob(f"{copy.name.rsplit('.', 1)[0]}.*"):   # older versions of the same file
+            old.unlink(missing_ok=True)
+        atomic_write_bytes(copy, raw)
+    except OSError:
+        pass   # a read-only or full cache: the next read decompresses again
 
 
 @dataclass(frozen=True)

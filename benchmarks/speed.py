@@ -1,0 +1,241 @@
+"""vaekit against pythae and the textbook loop on one machine, interleaved: the table of issue 13.
+
+Contestants, each a fresh process on grey MNIST with the pytorch/examples network (784-400-20 ReLU MLP, BCE):
+- vaekit: `vaekit train --preset mnist-fast` (its own recipe for the least time to the target).
+- pythae: its VAE and BaseTrainer (run in its own venv: pythae is not a vaekit dependency), batch 256, lr 2e-3,
+  the test set as its eval set, stopped at the first epoch whose eval loss reaches the target.
+- textbook: the pytorch/examples loop (benchmarks/peers/textbook.py: batch 128, Adam 1e-3), also stopped there.
+
+Columns: the time from the command's start to the end of the training that reaches test -ELBO <= TARGET (the
+peers' per-epoch test pass is left out of their clock; vaekit's test -ELBO is scored after its run, unclocked),
+training images/s (median over epochs) and that as % of the bf16 and the fp32 matmul limit measured at the start
+of this run (2048^2 products), images/s with another process spinning on one core and its ratio to idle, and
+vaekit's fixed cost (`vaekit train --epochs 0` less `python -c "import torch"`). Last, the k = 5,000 likelihood:
+pythae's get_nll on 100 test images (scaled x100) against vaekit's estimate on all 10,000, on the same weights
+(vaekit's, copied into pythae's model), and the two estimates on the same 100 images.
+
+    VAEKIT_DATA=../shared/datasets python benchmarks/speed.py [--pythae-python PATH]   # results/speed.{json,md}
+
+Without --pythae-python it makes benchmarks/.venv-pythae (pip install torch==2.13.0 pythae) the first time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+PEERS = HERE / "peers"
+RESULTS = HERE / "results"
+TARGET = 105.6                      # pytorch/examples' published test -ELBO after 10 epochs
+FLOPS_PER_IMAGE = 3 * 2 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784)   # forward + backward (2x), multiply-adds x2
+
+
+def pythae_python(given: str | None) -> str:
+    if given:
+        return given
+    venv = HERE / ".venv-pythae"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)   # the CPU wheel first
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "pythae"], check=True)
+    return str(python)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, rounds: int = 5) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+class Hog:
+    """Another process spinning on one core while the block runs (or nothing, when busy is False)."""
+
+    def __init__(self, busy: bool):
+        self.busy = busy
+
+    def __enter__(self):
+        self.p = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if self.busy else None
+        time.sleep(0.3 if self.busy else 0)
+        return self
+
+    def __exit__(self, *exc):
+        if self.p is not None:
+            self.p.kill()
+            self.p.wait()
+
+
+def run_vaekit(run_dir: Path, epochs: int | None = None, busy: bool = False) -> dict:
+    extra = ["--epochs", str(epochs)] if epochs is not None else []
+    with Hog(busy):
+        t0 = time.time()
+        subprocess.run([sys.executable, "-m", "vaekit", "train", "--preset", "mnist-fast", "--run-dir", str(run_dir),
+                        "--no-report", "--no-progress", *extra], check=True, stdout=subprocess.DEVNULL)
+        wall = time.time() - t0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    out = {"wall": wall, "images_per_s": statistics.median(r["images_per_s"] for r in rows), "epochs": len(rows)}
+    if epochs is None:
+        from vaekit.evaluate import evaluate_run  # noqa: PLC0415  (after the clock: the test score is not timed)
+        out["test_neg_elbo"] = evaluate_run(run_dir)["neg_elbo"]
+        out["time_to_target"] = wall if out["test_neg_elbo"] <= TARGET else None
+    return out
+
+
+def run_peer(cmd: list[str], busy: bool = False) -> dict:
+    with Hog(busy):
+        t0 = time.time()
+        done = subprocess.run(cmd, cwd=PEERS, check=True, capture_output=True, text=True)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    hit = next((r for r in rows if r["test_neg_elbo"] <= TARGET), None)
+    return {"images_per_s": statistics.median(r["images_per_s"] for r in rows), "epochs": len(rows),
+            "test_neg_elbo": (hit or rows[-1])["test_neg_elbo"], "time_to_target": hit["t_end"] - t0 if hit else None}
+
+
+def fixed_cost(rounds: int) -> dict:
+    torch_s, vaekit_s = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        torch_s.append(time.perf_counter() - t0)
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "vaekit", "train", "--preset", "mnist-fast", "--epochs", "0",
+                            "--run-dir", f"{d}/r", "--no-report"], check=True, stdout=subprocess.DEVNULL)
+            vaekit_s.append(time.perf_counter() - t0)
+    return {"import_torch_s": statistics.median(torch_s), "vaekit_epochs0_s": statistics.median(vaekit_s),
+            "beyond_torch_s": statistics.median(vaekit_s) - statistics.median(torch_s)}
+
+
+def likelihoods(run_dir: Path, python: str, n_pythae: int, k: int) -> dict:
+    from vaekit.checkpoint import load_model  # noqa: PLC0415
+    from vaekit.data import Dataset, load_run_data  # noqa: PLC0415
+    from vaekit.evaluate import log_likelihood  # noqa: PLC0415
+    model, config, _ = load_model(run_dir)
+    sd = model.state_dict()
+    w = {"encoder.fc1.weight": sd["encoder.0.weight"], "encoder.fc1.bias": sd["encoder.0.bias"],
+         "encoder.mu.weight": sd["encoder.2.weight"][:20], "encoder.mu.bias": sd["encoder.2.bias"][:20],
+         "encoder.logvar.weight": sd["encoder.2.weight"][20:], "encoder.logvar.bias": sd["encoder.2.bias"][20:],
+         "decoder.fc1.weight": sd["decoder.0.weight"], "decoder.fc1.bias": sd["decoder.0.bias"],
+         "decoder.fc2.weight": sd["decoder.2.weight"], "decoder.fc2.bias": sd["decoder.2.bias"]}
+    test = load_run_data(config.data).test
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(w, f"{d}/w.pt")
+        done = subprocess.run([python, "pythae_vae.py", "nll", "--weights", f"{d}/w.pt", "--n", str(n_pythae), "--k", str(k)],
+                              cwd=PEERS, check=True, capture_output=True, text=True)
+    pythae = json.loads(done.stdout.splitlines()[-1])
+    torch.manual_seed(0)
+    same = log_likelihood(model, Dataset(test.x[:n_pythae]), k, precision="auto")   # as `vaekit eval --nll-k` runs it
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    full = log_likelihood(model, test, k, precision="auto")
+    seconds = time.perf_counter() - t0
+    return {"k": k, "pythae_images": n_pythae, "pythae_seconds": pythae["seconds"],
+            "pythae_seconds_10000": pythae["seconds"] * len(test) / n_pythae, "pythae_nll_same_images": pythae["nll"],
+            "vaekit_nll_same_images": same["nll"], "vaekit_nll_se_same_images": same["nll_se"],
+            "vaekit_seconds_10000": seconds, "vaekit_nll_10000": full["nll"], "vaekit_nll_se_10000": full["nll_se"],
+            "ratio": pythae["seconds"] * len(test) / n_pythae / seconds}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pythae-python", help="a python with pythae installed (default: make benchmarks/.venv-pythae)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three contestants")
+    p.add_argument("--nll-images", type=int, default=100, help="test images for pythae's get_nll (scaled to 10,000)")
+    p.add_argument("--skip-nll", action="store_true")
+    args = p.parse_args()
+    python = pythae_python(args.pythae_python)
+    limits = {"bf16_gflops": matmul_gflops(torch.bfloat16), "fp32_gflops": matmul_gflops(torch.float32)}
+    print(f"matmul limits: bf16 {limits['bf16_gflops']:.0f}, fp32 {limits['fp32_gflops']:.0f} GFLOP/s", flush=True)
+    contestants = {
+        "vaekit (--preset mnist-fast)": lambda d, busy=False, short=False: run_vaekit(d / "v", 1 if short else None, busy),
+        "pythae (batch 256, lr 2e-3)": lambda d, busy=False, short=False: run_peer(
+            [python, "pythae_vae.py", "train", "--batch-size", "256", "--lr", "2e-3",
+             *(["--epochs", "1"] if short else ["--epochs", "30", "--target", str(TARGET)])], busy),
+        "textbook (pytorch/examples)": lambda d, busy=False, short=False: run_peer(
+            [sys.executable, "textbook.py", *(["--epochs", "1"] if short else ["--epochs", "30", "--target", str(TARGET)])], busy),
+    }
+    runs = {name: [] for name in contestants}
+    busy = {name: [] for name in contestants}
+    keep = Path(tempfile.mkdtemp(prefix="vaekit-speed-"))
+    for r in range(args.rounds):
+        for name, run in contestants.items():
+            d = keep / f"{r}-{len(runs[name])}-{name.split()[0]}"
+            d.mkdir()
+            runs[name].append(run(d))
+            print(f"{name:30s} {runs[name][-1]}", flush=True)
+        for name, run in contestants.items():   # one epoch each with one core busy, then idle, interleaved
+            d = keep / f"busy-{r}-{name.split()[0]}"
+            d.mkdir()
+            hot, cold = run(d / "b", busy=True, short=True), run(d / "i", short=True)
+            busy[name].append({"busy": hot["images_per_s"], "idle": cold["images_per_s"]})
+            print(f"{name:30s} busy {hot['images_per_s']:.0f} idle {cold['images_per_s']:.0f} img/s", flush=True)
+    fixed = fixed_cost(3)
+    print(f"fixed cost: {fixed}", flush=True)
+    vaekit_run = keep / f"{args.rounds - 1}-{args.rounds - 1}-vaekit" / "v"
+    nll = None if args.skip_nll else likelihoods(vaekit_run, python, args.nll_images, 5000)
+    print(f"likelihood: {nll}", flush=True)
+    rows = []
+    for name in contestants:
+        ttt = [x["time_to_target"] for x in runs[name]]
+        ips = statistics.median(x["images_per_s"] for x in runs[name])
+        rows.append({"contestant": name,
+                     "time_to_target_s": statistics.median(ttt) if all(t is not None for t in ttt) else None,
+                     "each_time_to_target_s": ttt, "test_neg_elbo": [round(x["test_neg_elbo"], 2) for x in runs[name]],
+                     "epochs": [x["epochs"] for x in runs[name]], "images_per_s": ips,
+                     "pct_bf16_limit": 100 * ips * FLOPS_PER_IMAGE / 1e9 / limits["bf16_gflops"],
+                     "pct_fp32_limit": 100 * ips * FLOPS_PER_IMAGE / 1e9 / limits["fp32_gflops"],
+                     "busy_images_per_s": statistics.median(b["busy"] for b in busy[name]),
+                     "busy_over_idle": statistics.median(b["busy"] / b["idle"] for b in busy[name])})
+    write(rows, limits, fixed, nll)
+
+
+def write(rows: list[dict], limits: dict, fixed: dict, nll: dict | None) -> None:
+    sys.path.insert(0, str(HERE))
+    from common import machine  # noqa: PLC0415
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"target": TARGET, "limits": limits, "fixed_cost": fixed, "likelihood": nll, "rows": rows,
+               "machine": machine(), "load_average": os.getloadavg()}
+    (RESULTS / "speed.json").write_text(json.dumps(payload, indent=2) + "\n")
+    pythae = next(r for r in rows if r["contestant"].startswith("pythae"))
+    t = lambda v: "not reached" if v is None else f"{v:.1f}"   # noqa: E731
+    lines = [f"| contestant | time to test -ELBO <= {TARGET} (s) | vs pythae | test -ELBO | images/s | % bf16 limit | "
+             "% fp32 limit | images/s, one core busy | busy / idle |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = (f"{r['time_to_target_s'] / pythae['time_to_target_s']:.2f}"
+                 if r["time_to_target_s"] and pythae["time_to_target_s"] else "")
+        lines.append(f"| {r['contestant']} | {t(r['time_to_target_s'])} ({', '.join(t(v) for v in r['each_time_to_target_s'])}) | "
+                     f"{ratio} | {', '.join(map(str, r['test_neg_elbo']))} | {r['images_per_s']:,.0f} | {r['pct_bf16_limit']:.0f}% | "
+                     f"{r['pct_fp32_limit']:.0f}% | {r['busy_images_per_s']:,.0f} | {r['busy_over_idle']:.2f} |")
+    lines += ["", f"Matmul limits measured in this run (2048^2): bf16 {limits['bf16_gflops']:.0f}, fp32 {limits['fp32_gflops']:.0f} GFLOP/s.",
+              f"vaekit's fixed cost: `vaekit train --epochs 0` {fixed['vaekit_epochs0_s']:.2f} s, `python -c \"import torch\"` "
+              f"{fixed['import_torch_s']:.2f} s: {fixed['beyond_torch_s']:.2f} s beyond torch (medians of 3)."]
+    if nll:
+        lines.append(f"k = {nll['k']:,} likelihood: pythae's get_nll {nll['pythae_seconds']:.1f} s for {nll['pythae_images']} images "
+                     f"({nll['pythae_seconds_10000']:.0f} s scaled to 10,000); vaekit {nll['vaekit_seconds_10000']:.1f} s for all "
+                     f"10,000: {nll['ratio']:.1f}x. Same weights, same {nll['pythae_images']} images: pythae "
+                     f"{nll['pythae_nll_same_images']:.2f}, vaekit {nll['vaekit_nll_same_images']:.2f} nats "
+                     f"(vaekit on 10,000: {nll['vaekit_nll_10000']:.2f} +- {nll['vaekit_nll_se_10000']:.2f}).")
+    m = payload["machine"]
+    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}; load average at the end "
+                 f"{payload['load_average'][0]:.2f}.")
+    (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
