@@ -152,8 +152,8 @@ def _import_dynamo() -> None:
     import torch._dynamo  # noqa: F401, PLC0415  (imported here, in a thread, so that the import overlaps data loading)
 
 
-def warm_up_optimizers() -> None:
-    """Every torch.optim optimizer imports torch._dynamo when it is built (about 1 s in torch 2.13): start that
-    import in a background thread now, so it runs while the data load instead of after."""
+def warm_up_compiler() -> None:
+    """torch.compile imports torch._dynamo (about 1 s in torch 2.13): start that import in a background thread
+    now, so it runs while the data load instead of after."""
     if "torch._dynamo" not in sys.modules:
         threading.Thread(target=_import_dynamo, name="vaekit-import-dynamo", daemon=True).start()

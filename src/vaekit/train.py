@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .adam import FusedAdam, make_adam
 from .checkpoint import BEST, has_checkpoint, load_config, load_trainer_state, load_weights, save_best, save_checkpoint
 from .config import RunConfig
 from .data import Dataset, DataSplits, batches, check_unchanged, fingerprint, load_data
@@ -31,7 +32,7 @@ from .models import LatentModel, build_model
 from .objectives import LossContext, get_loss
 from .resolve import check_applicable, check_names, check_support, differences, reads_of, resolve
 from .rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
-from .runtime import idle_cpus, resolve_device, resolve_precision, resolve_threads, warm_up_optimizers
+from .runtime import idle_cpus, resolve_device, resolve_precision, resolve_threads, warm_up_compiler
 from .schedules import hold_fixed, learning_rate
 from .signals import Interrupted, stop_on_signals
 from .step import Step, should_compile
@@ -56,7 +57,7 @@ class Session:
     config: RunConfig
     run_dir: Path
     model: LatentModel
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | FusedAdam
     generator: torch.Generator       # shuffling + dynamic binarisation
     train: Dataset
     val: Dataset | None
@@ -110,9 +111,10 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     """Check everything, then create the run directory (a new run) or restore the saved state (resume)."""
     lock = RunLock(run_dir)
     # what other processes leave idle, measured over 0.1 s while this one sleeps (its own threads would take CPU
-    # from theirs and hide them), then the optimiser's import starts in the background, to overlap the data load
+    # from theirs and hide them); a run that will compile starts the compiler's import now, to overlap the data load
     idle = None if config.train.threads is not None else idle_cpus(0.1)
-    warm_up_optimizers()
+    if config.train.compile == "on":
+        warm_up_compiler()
     if resume:
         saved = load_config(run_dir)
         if not has_checkpoint(run_dir):
@@ -144,7 +146,7 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     torch.manual_seed(tcfg.seed)
     model = build_model(config.model).to(device)
     check_support(model, data)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, eps=tcfg.adam_eps, fused=True)  # one kernel for all parameters
+    optimizer = make_adam(model.parameters(), tcfg.lr, tcfg.adam_eps)   # one fused kernel for all parameters
     s = Session(config, run_dir, model, optimizer, torch.Generator(device=device).manual_seed(tcfg.seed),
                 data.train.to(device), data.val.to(device) if data.val is not None else None, precision, lock=lock,
                 guard=Guard(model, optimizer, log=log))

@@ -1,0 +1,87 @@
+"""vaekit's FusedAdam against torch.optim.Adam(fused=True): the same weights bit for bit, parameters without a
+gradient skipped the same way, and state dicts that load into each other."""
+
+import copy
+
+import pytest
+import torch
+
+from vaekit.adam import FusedAdam, make_adam
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+
+
+def _step(net, opt, x, skip_first_layer=False):
+    opt.zero_grad(set_to_none=True)
+    net(x).pow(2).sum().backward()
+    if skip_first_layer:   # as the alternating schedule does: no gradient, so no update and no state
+        for p in net[0].parameters():
+            p.grad = None
+    opt.step()
+
+
+@pytest.mark.parametrize("eps", [1e-8, 1e-4])
+def test_the_same_weights_as_torch_fused_adam(eps):
+    ours_net, torch_net = _net(), _net()
+    ours = FusedAdam(ours_net.parameters(), lr=3e-2, eps=eps)
+    theirs = torch.optim.Adam(torch_net.parameters(), lr=3e-2, eps=eps, fused=True)
+    g = torch.Generator().manual_seed(1)
+    for i in range(12):
+        x = torch.randn(4, 5, generator=g)
+        for net, opt in ((ours_net, ours), (torch_net, theirs)):
+            for group in opt.param_groups:
+                group["lr"] = 3e-2 / (1 + i)   # the learning rate set every step, as training does
+            _step(net, opt, x, skip_first_layer=i % 3 == 0)
+    for a, b in zip(ours_net.parameters(), torch_net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    sd_ours, sd_torch = ours.state_dict(), theirs.state_dict()
+    assert sd_ours["state"].keys() == sd_torch["state"].keys()
+    for i, s in sd_torch["state"].items():
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(sd_ours["state"][i][k], s[k])
+    assert {k: v for k, v in sd_ours["param_groups"][0].items()} == sd_torch["param_groups"][0]
+
+
+def test_state_dicts_load_both_ways_and_training_continues_the_same():
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(4, 5, generator=g) for _ in range(6)]
+    a_net = _net()
+    a = torch.optim.Adam(a_net.parameters(), lr=1e-2, fused=True)
+    for x in xs[:3]:
+        _step(a_net, a, x)
+    b_net = _net()
+    b_net.load_state_dict(a_net.state_dict())
+    b = FusedAdam(b_net.parameters(), lr=5.0)
+    b.load_state_dict(a.state_dict())             # torch's checkpoint into ours
+    assert b.param_groups[0]["lr"] == 1e-2
+    c_net = _net()
+    c_net.load_state_dict(a_net.state_dict())
+    c = torch.optim.Adam(c_net.parameters(), lr=5.0, fused=True)
+    c.load_state_dict(copy.deepcopy(b.state_dict()))   # and ours into torch's (which keeps the tensors it is given)
+    for x in xs[3:]:
+        for net, opt in ((a_net, a), (b_net, b), (c_net, c)):
+            _step(net, opt, x)
+    for p, q, r in zip(a_net.parameters(), b_net.parameters(), c_net.parameters(), strict=True):
+        assert torch.equal(p, q) and torch.equal(p, r)
+
+
+def test_a_state_dict_for_other_parameters_is_refused():
+    net = _net()
+    opt = FusedAdam(net.parameters(), lr=1e-3)
+    _step(net, opt, torch.randn(2, 5))
+    other = FusedAdam(torch.nn.Linear(5, 7).parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="different set of parameters"):
+        other.load_state_dict(opt.state_dict())
+    wider = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    with pytest.raises(ValueError, match="shape"):
+        FusedAdam(wider.parameters(), lr=1e-3).load_state_dict(opt.state_dict())
+
+
+def test_make_adam_falls_back_to_torch_optim_without_the_fused_kernel(monkeypatch):
+    params = list(_net().parameters())
+    assert isinstance(make_adam(params, 1e-3, 1e-8), FusedAdam)
+    monkeypatch.delattr(torch, "_fused_adam_")
+    assert isinstance(make_adam(params, 1e-3, 1e-8), torch.optim.Adam)
