@@ -8,6 +8,7 @@ a likelihood p(x|z) over (C, H, W).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -15,6 +16,28 @@ import torch.nn.functional as F
 
 LOG_2PI = math.log(2 * math.pi)
 MAX_LOGIT = 30.0
+_SHARD: tuple[int, int, int] | None = None   # inside batch_shard: (start, stop, n)
+
+
+@contextlib.contextmanager
+def batch_shard(start: int, stop: int, n: int):
+    """Inside, this process holds rows start:stop of a batch of n: noise is drawn for all n rows, as one process
+    would draw it, and these rows are kept (vaekit.distributed: N processes compute what one computes)."""
+    global _SHARD
+    before, _SHARD = _SHARD, (start, stop, n)
+    try:
+        yield
+    finally:
+        _SHARD = before
+
+
+def standard_normal(shape: tuple[int, ...], batch_dim: int, device, dtype) -> torch.Tensor:
+    """torch.randn(shape); inside batch_shard, this process's rows of the whole batch's draw along batch_dim."""
+    if _SHARD is None or shape[batch_dim] != _SHARD[1] - _SHARD[0]:
+        return torch.randn(shape, device=device, dtype=dtype)
+    start, stop, n = _SHARD
+    whole = torch.randn((*shape[:batch_dim], n, *shape[batch_dim + 1:]), device=device, dtype=dtype)
+    return whole.narrow(batch_dim, start, stop - start)
 
 
 def sum_event(t: torch.Tensor, event_ndim: int) -> torch.Tensor:
@@ -69,8 +92,9 @@ class DiagonalGaussian:
 
         With n, returns (n, *mu.shape): n independent samples per example.
         """
-        shape = self.mu.shape if n is None else (n, *self.mu.shape)
-        return self.reparameterise(temperature * torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype))
+        shape = tuple(self.mu.shape) if n is None else (n, *self.mu.shape)
+        eps = standard_normal(shape, 0 if n is None else 1, self.mu.device, self.mu.dtype)
+        return self.reparameterise(temperature * eps)
 
     def reparameterise(self, eps: torch.Tensor) -> torch.Tensor:
         """z = mu + sigma * eps for given standard-normal noise eps (..., *mu.shape)."""

@@ -1,0 +1,112 @@
+"""Training with several processes: torch.distributed as torchrun starts it (gloo on CPU, nccl on GPUs).
+
+Every process draws the same random numbers: the same permutation, and the noise and binarisation of the whole
+global batch, of which it keeps its own rows (distributions.batch_shard). So N processes compute, row for row, what
+one process computes with the same global batch; gradients are averaged by DistributedDataParallel, and the run's
+numbers equal the single-process ones up to the order of floating-point sums. The RNG states of all processes are
+equal, so the checkpoint that process 0 writes resumes any number of processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError, VaekitError
+
+TIMEOUT_MINUTES = 10.0   # a collective that waits longer (a process died or hangs) fails instead of hanging
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The process that writes files and logs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def rows(self, n: int) -> tuple[int, int]:
+        """This process's rows start:stop of a global batch of n (as equal as can be; the first get one more)."""
+        base, extra = divmod(n, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """t summed over the processes (t itself when alone)."""
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True if any process says True (every process must call it at the same point)."""
+        if not self.distributed:
+            return flag
+        return bool(self.sum(torch.tensor([float(flag)], device=device)).item() > 0)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+ALONE = World()
+
+
+def from_environment() -> World:
+    """The World torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK), else one process."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them)") from None
+    if size < 1 or not 0 <= rank < size:
+        raise ConfigError(f"RANK={rank} and WORLD_SIZE={size} do not describe a process group; launch with torchrun")
+    return World(rank, size, local_rank)
+
+
+def start(world: World, device_name: str = "auto") -> World:
+    """Join the process group (when there is more than one process): nccl where each process has a GPU, else gloo."""
+    if not world.distributed or dist.is_initialized():
+        return world
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
+    try:
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
+    except (RuntimeError, ValueError) as e:
+        raise VaekitError(f"could not join the {world.size} training processes ({str(e).splitlines()[0]}); launch "
+                          "with torchrun (or vaekit train --nproc N) and check MASTER_ADDR / --rdzv-endpoint") from None
+    return world
+
+
+def stop(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def same_everywhere(world: World, error: BaseException | None) -> None:
+    """Process 0's outcome of a step only it performs (checking and creating the run folder): the others raise its
+    error too, instead of waiting for it forever."""
+    if not world.distributed:
+        if error is not None:
+            raise error
+        return
+    box = [None if error is None else (type(error).__name__, str(error))] if world.main else [None]
+    dist.broadcast_object_list(box, src=0)
+    if world.main and error is not None:
+        raise error
+    if box[0] is not None:
+        raise VaekitError(box[0][1])
