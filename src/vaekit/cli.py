@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from .checkpoint import load_config
 from .config import CHECKPOINTS, DEVICES, PRECISIONS, RunConfig
 from .demo import run_demo
+from .distributed import AnotherProcessFailed, from_environment, stop
 from .errors import VaekitError
 from .evaluate import evaluate_run
 from .options import add_config_flags, add_dataclass_flags, config_from_args, given
@@ -55,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model into a run directory")
     tr.add_argument("--run-dir", help="where the run is written (default: runs/<model>-<data>-<time>)")
     tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN (only --epochs, --max-minutes, "
-                    "--early-stop and --device may change)")
+                    "--early-stop, --checkpoint-every, --threads, --device and --compile may change)")
+    tr.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine (launches "
+                    "torchrun --standalone --nproc-per-node N; for several machines run torchrun -m vaekit train)")
     tr.add_argument("--config", metavar="FILE", help="start from a config JSON, e.g. another run's config.json "
                     "(flags override it)")
     tr.add_argument("--preset", help=f"start from a named configuration: {', '.join(PRESETS)} (flags override it)")
@@ -136,6 +140,49 @@ def _add_figure_commands(sub) -> None:
 
 
 def _train(args) -> int:
+    if args.nproc is not None and args.nproc < 1:
+        raise VaekitError(f"--nproc {args.nproc} is impossible: train with at least 1 process")
+    if args.nproc is not None and args.nproc > 1 and not from_environment().distributed:
+        argv = list(args.argv)
+        if not args.resume and not args.run_dir:   # the processes must agree on the default name: chosen here
+            argv += ["--run-dir", str(_default_run_dir(_new_config(args)))]
+        return _launch(args.nproc, argv)
+    world = from_environment()
+    try:
+        code = _train_here(args, world)
+    except BaseException:
+        stop(world, clean=False)
+        raise
+    stop(world)
+    return code
+
+
+def _new_config(args) -> RunConfig:
+    if args.config and args.preset:
+        raise VaekitError("--config and --preset both give a starting configuration; pass one of them")
+    base = RunConfig.load(args.config) if args.config else get_preset(args.preset) if args.preset else None
+    return config_from_args(args, base=base)
+
+
+def _default_run_dir(config: RunConfig) -> Path:
+    return Path(f"runs/{config.model.model}-{config.data.source}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """`vaekit train --nproc N ...`: what `torchrun --standalone --nproc-per-node N -m vaekit train ...` does
+    (vaekit.launch, a process of its own: torch's rendezvous store can abort the interpreter that ran it)."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    return subprocess.run([sys.executable, "-m", "vaekit.launch", str(nproc), *rest]).returncode
+
+
+def _train_here(args, world) -> int:
     if args.resume:
         ignored = [flag for flag, value in (("--run-dir", args.run_dir), ("--preset", args.preset), ("--config", args.config))
                    if value]
@@ -146,12 +193,13 @@ def _train(args) -> int:
         config = config_from_args(args, base=load_config(run_dir))
         fit(config, run_dir, resume=True, progress=args.progress)
     else:
-        if args.config and args.preset:
-            raise VaekitError("--config and --preset both give a starting configuration; pass one of them")
-        base = RunConfig.load(args.config) if args.config else get_preset(args.preset) if args.preset else None
-        config = config_from_args(args, base=base)
-        run_dir = Path(args.run_dir or f"runs/{config.model.model}-{config.data.source}-{time.strftime('%Y%m%d-%H%M%S')}")
+        config = _new_config(args)
+        if world.distributed and not args.run_dir:
+            raise VaekitError("with several processes, pass --run-dir (each process must write to the same folder)")
+        run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(config)
         fit(config, run_dir, progress=args.progress)
+    if not world.main:
+        return 0
     if not args.no_report:
         write_report(run_dir)
     print(f"run saved in {run_dir}")
@@ -249,6 +297,7 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     terminated, previous = [], None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum) or _terminate(signum, frame))
@@ -262,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, terminated: list) -> int:
     try:
         return COMMANDS[args.command](args)
+    except AnotherProcessFailed:
+        return 2   # that process has printed the reason
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)
         if args.verbose and e.details:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig, field_ref, unknown
+from .distributed import ALONE, World
 from .errors import ConfigError, DataError
 from .sources import SOURCES, Arrays
 
@@ -195,15 +196,28 @@ def batches(ds: Dataset, batch_size: int, generator: torch.Generator | None = No
             order: torch.Tensor | None = None, start: int = 0):
     """Yield (x, y) batches: index slices of one permutation (`order`, or drawn here with shuffle), from batch
     number `start` on; re-binarised if ds.binarise."""
-    n = len(ds)
+    for xb, yb, _ in shard_batches(ds, batch_size, ALONE, generator, shuffle, order, start):
+        yield xb, yb
+
+
+def shard_batches(ds: Dataset, batch_size: int, world: World, generator: torch.Generator | None = None,
+                  shuffle: bool = False, order: torch.Tensor | None = None, start: int = 0):
+    """batches() for one of world.size processes: (x, y, (lo, hi, n)), this process's rows lo:hi of each global
+    batch of n. Every process draws the same permutation and binarisation (of the whole batch), so together
+    they see exactly the batches one process sees."""
+    n_all = len(ds)
     if order is None and shuffle:
-        order = torch.randperm(n, generator=generator, device=ds.x.device)
-    for i in range(start * batch_size, n, batch_size):
+        order = torch.randperm(n_all, generator=generator, device=ds.x.device)
+    for i in range(start * batch_size, n_all, batch_size):
+        n = min(batch_size, n_all - i)
+        lo, hi = world.rows(n)
+        keep = (0, n) if ds.binarise else (lo, hi)   # binarised: drawn for the whole batch, then cut
         if order is not None:   # index_select: 3-4x faster than x[rows] here
-            rows = order[i:i + batch_size]
+            rows = order[i + keep[0]:i + keep[1]]
             xb, yb = ds.x.index_select(0, rows), None if ds.y is None else ds.y.index_select(0, rows)
         else:
-            xb, yb = ds.x[i:i + batch_size], None if ds.y is None else ds.y[i:i + batch_size]
+            xb, yb = ds.x[i + keep[0]:i + keep[1]], None if ds.y is None else ds.y[i + keep[0]:i + keep[1]]
         if ds.binarise:
-            xb = torch.bernoulli(xb, generator=generator)
-        yield xb, yb
+            xb = torch.bernoulli(xb, generator=generator)[lo:hi]
+            yb = None if yb is None else yb[lo:hi]
+        yield xb, yb, (lo, hi, n)

@@ -18,6 +18,11 @@ import torch.distributed as dist
 
 from .errors import ConfigError, VaekitError
 
+
+class AnotherProcessFailed(VaekitError):
+    """Another training process failed; it reports why (the command line prints nothing more for this one)."""
+
+
 TIMEOUT_MINUTES = 10.0   # a collective that waits longer (a process died or hangs) fails instead of hanging
 
 
@@ -92,21 +97,49 @@ def start(world: World, device_name: str = "auto") -> World:
     return world
 
 
-def stop(world: World) -> None:
+def stop(world: World, clean: bool = True) -> None:
+    """Leave the process group; clean: after every process has got here (leaving while another still talks to
+    the group's store can abort a process at exit: "terminate called without an active exception")."""
     if world.distributed and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 
-def same_everywhere(world: World, error: BaseException | None) -> None:
-    """Process 0's outcome of a step only it performs (checking and creating the run folder): the others raise its
-    error too, instead of waiting for it forever."""
+def agree(world: World, error: BaseException | None) -> None:
+    """Every process calls this at the same point with its own outcome (None: it went well); if any process
+    failed, every process raises: its own error, or the first failed process's message. So no process waits in
+    a collective for one that has given up."""
     if not world.distributed:
         if error is not None:
             raise error
         return
-    box = [None if error is None else (type(error).__name__, str(error))] if world.main else [None]
-    dist.broadcast_object_list(box, src=0)
-    if world.main and error is not None:
+    outcomes: list = [None] * world.size
+    dist.all_gather_object(outcomes, None if error is None else str(error) or type(error).__name__)
+    if error is not None:
         raise error
-    if box[0] is not None:
-        raise VaekitError(box[0][1])
+    failed = next((o for o in outcomes if o is not None), None)
+    if failed is not None:
+        raise AnotherProcessFailed(failed)
+
+
+def _group_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """t summed in place over the training processes (for statistics a layer gathers while training, e.g. a
+    VQ-VAE's code counts); t itself when alone. Every process must call it at the same point."""
+    if _group_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def rows_of_all_processes(t: torch.Tensor) -> torch.Tensor:
+    """The rows every process holds, concatenated in rank order: the whole global batch, since each process holds
+    a contiguous range of it (World.rows). t itself when alone."""
+    if _group_size() == 1:
+        return t
+    parts: list = [None] * _group_size()
+    dist.all_gather_object(parts, t.cpu())
+    return torch.cat(parts).to(t.device)

@@ -14,8 +14,9 @@ import torch
 
 from .checkpoint import load_model
 from .config import TrainConfig
-from .data import Dataset, batches, load_run_data
-from .distributions import DiagonalGaussian
+from .data import Dataset, batches, load_run_data, shard_batches
+from .distributed import ALONE, World
+from .distributions import DiagonalGaussian, batch_shard
 from .errors import ConfigError
 from .graph_rewrites import compile_for_evaluation
 from .objectives import LossContext, get_loss, log_weights_at, posterior
@@ -24,22 +25,25 @@ from .runtime import autocast, resolve_device
 
 @torch.no_grad()
 def evaluate(model, ds: Dataset, train_cfg: TrainConfig, batch_size: int = 1000, epoch: float = math.inf,
-             precision: str | None = None, dataset_size: int = 0) -> dict[str, float]:
+             precision: str | None = None, dataset_size: int = 0, world: World = ALONE) -> dict[str, float]:
     """Mean of the training loss terms over `ds` (z sampled, as in training), in nats/example: 'loss' is the
     objective at the schedule's weight after `epoch` epochs (inf: the end of every schedule), 'neg_elbo' the
-    plain -ELBO, recon + KL, whatever the weights."""
+    plain -ELBO, recon + KL, whatever the weights. With several processes (`world`), each scores its rows of every
+    batch with the noise one process would draw for them, and the sums are added up: the same numbers."""
     loss_fn = get_loss(train_cfg.loss, model)
     ctx = LossContext(train_cfg, epoch, dataset_size)
     was_training = model.training
     model.eval()
-    totals: dict[str, float] = {}
-    for xb, yb in batches(ds, batch_size):
-        with autocast(xb.device, precision or train_cfg.precision):
+    totals: dict[str, torch.Tensor] = {}
+    for xb, yb, shard in shard_batches(ds, batch_size, world):
+        with autocast(xb.device, precision or train_cfg.precision), batch_shard(*shard):
             terms = loss_fn(model.given(yb), xb, ctx)
         for k, v in terms.items():
-            totals[k] = totals.get(k, 0.0) + v.double().sum().item()
+            totals[k] = totals.get(k, 0.0) + v.double().sum()
     model.train(was_training)
-    means = {k: v / len(ds) for k, v in totals.items()}
+    keys = sorted(totals)
+    summed = world.sum(torch.stack([totals[k] for k in keys])).tolist() if keys else []
+    means = {k: v / len(ds) for k, v in zip(keys, summed, strict=True)}
     return {**means, "neg_elbo": means["recon"] + means["kl"]}
 
 

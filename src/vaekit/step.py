@@ -15,11 +15,16 @@ The compiled step keeps the eager step's numbers within rounding: the noise is d
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from .config import COMPILE_MODES
+from .distributed import ALONE, World
+from .distributions import batch_shard
 from .errors import ConfigError
 from .runtime import autocast
 
@@ -28,39 +33,72 @@ BACKEND = "inductor"         # torch.compile's backend (the tests use aot_eager:
 TERMS = ("loss", "recon", "kl")
 
 
-def forward_backward(model, loss_fn: Callable, precision: str, x: torch.Tensor, y: torch.Tensor | None, ctx) -> torch.Tensor:
+class LossTerms(nn.Module):
+    """The model and its loss as one module (no state of its own): the forward pass DistributedDataParallel wraps."""
+
+    def __init__(self, model, loss_fn: Callable, precision: str):
+        super().__init__()
+        self.model, self.loss_fn, self.precision = model, loss_fn, precision
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None, ctx) -> dict[str, torch.Tensor]:
+        with autocast(self.model.device, self.precision):
+            return self.loss_fn(self.model.given(y), x, ctx)
+
+
+def forward_backward(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | None, ctx, scale: float | None) -> torch.Tensor:
     """The loss of batch (x, y) and its gradients (accumulated into .grad); returns the sums over the batch of
-    the loss terms TERMS, (3,), detached. The loss is the batch mean of the per-example loss."""
-    with autocast(model.device, precision):
-        terms = loss_fn(model.given(y), x, ctx)
-    terms["loss"].mean().backward()
+    the loss terms TERMS, (3,), detached. The loss is the batch mean of the per-example loss, or with `scale` its
+    sum times scale (a process's rows of a global batch: world size / global batch size, which DDP's average
+    of the processes' gradients turns into the global mean)."""
+    terms = terms_of(x, y, ctx)
+    (terms["loss"].mean() if scale is None else terms["loss"].sum() * scale).backward()
     return torch.stack([terms[k].detach().float().sum() for k in TERMS])
 
 
 class Step:
-    """forward_backward for one model, loss and precision; compiled for batches of `batch_size` when asked."""
+    """forward_backward for one model, loss and precision; compiled for batches of `batch_size` when asked; with
+    several processes, each computes its rows of the global batch and DDP averages the gradients."""
 
-    def __init__(self, model, loss_fn: Callable, precision: str, batch_size: int, compiled: bool, log=print):
-        self.model, self.loss_fn, self.precision, self.batch_size, self.log = model, loss_fn, precision, batch_size, log
-        self.compiled = compiled
+    def __init__(self, model, loss_fn: Callable, precision: str, batch_size: int, compiled: bool, log=print,
+                 world: World = ALONE):
+        self.world, self.log, self.compiled = world, log, compiled
+        self.terms_of = LossTerms(model, loss_fn, precision)
+        if world.distributed:
+            # no buffer broadcast before each forward: every process computes the same buffers (a VQ-VAE's EMA
+            # statistics are summed over the processes by the quantiser itself)
+            ddp = nn.parallel.DistributedDataParallel
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                       else {"broadcast_buffers": False})   # the name before torch 2.13
+            # static_graph: the same parameters take part in every step, and DDP learns once which never do (a
+            # VQ-VAE's code prior, fitted after training)
+            self.terms_of = ddp(self.terms_of, device_ids=[model.device] if model.device.type == "cuda" else None,
+                                static_graph=True, **no_sync)
+        lo, hi = world.rows(batch_size)
+        self.batch_size = hi - lo            # the rows of a full batch this process computes
         self._compiled_fn = _compile(forward_backward) if compiled else None
         self._tried = False
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor | None, ctx) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None, ctx, shard: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """shard: (lo, hi, n), the rows of a global batch of n that x holds (several processes)."""
+        scale = self.world.size / shard[2] if self.world.distributed else None
+        with batch_shard(*shard) if self.world.distributed else contextlib.nullcontext():
+            return self._run(x, y, ctx, scale)
+
+    def _run(self, x, y, ctx, scale):
         if self._compiled_fn is None or len(x) != self.batch_size:
-            return forward_backward(self.model, self.loss_fn, self.precision, x, y, ctx)
+            return forward_backward(self.terms_of, x, y, ctx, scale)
         if self._tried:
-            return self._compiled_fn(self.model, self.loss_fn, self.precision, x, y, ctx)
+            return self._compiled_fn(self.terms_of, x, y, ctx, scale)
         self._tried = True
         try:
-            return self._compiled_fn(self.model, self.loss_fn, self.precision, x, y, ctx)
+            return self._compiled_fn(self.terms_of, x, y, ctx, scale)
         except Exception as e:   # no C++ compiler, an unsupported operation...: the same step, eagerly
             self._compiled_fn, self.compiled = None, False
-            for p in self.model.parameters():
+            for p in self.terms_of.parameters():
                 p.grad = None    # whatever a half-run compiled step left behind
             self.log(f"note: torch.compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:120]}); training "
                      "eagerly (the same numbers, slower); pass --compile off to skip the attempt")
-            return forward_backward(self.model, self.loss_fn, self.precision, x, y, ctx)
+            return forward_backward(self.terms_of, x, y, ctx, scale)
 
 
 def _compile(fn):

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from .adam import FusedAdam, make_adam
 from .checkpoint import BEST, has_checkpoint, load_config, load_trainer_state, load_weights, save_best, save_checkpoint
 from .config import RunConfig
-from .data import Dataset, DataSplits, batches, check_unchanged, fingerprint, load_data
+from .data import Dataset, DataSplits, check_unchanged, fingerprint, load_data, shard_batches
+from .distributed import World, agree, from_environment, start
 from .errors import CheckpointError, DataError
 from .evaluate import evaluate
 from .guard import DivergedError, Guard, step_is_finite, weights_finite
@@ -73,15 +74,23 @@ class Session:
     position: dict | None = None     # where a mid-epoch checkpoint left the epoch (step, sums, epoch_rng)
     stop_signal: int = 0             # SIGINT or SIGTERM received: save and stop after this step
     step: Step | None = None         # forward + loss + backward of one batch, eager or compiled
+    world: World = field(default_factory=World)   # this process among the training processes (torchrun)
+    data_name: str = ""
 
 
 def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
         hooks: list[Hook] = (), progress: bool | None = None, log: Callable[[str], None] = print) -> FitResult:
     """Train `config` into `run_dir`; with resume, continue the run saved there. progress: a progress bar
-    (None: only when stderr is a terminal; elsewhere one line per epoch)."""
+    (None: only when stderr is a terminal; elsewhere one line per epoch).
+
+    Under torchrun (RANK, WORLD_SIZE in the environment) every process calls fit() alike: they join one process
+    group, each computes its rows of every global batch, and process 0 alone writes the run and logs."""
     threads_before = torch.get_num_threads()   # set_up picks the training's own; the caller's comes back after
+    world = start(from_environment(), config.train.device)
+    if not world.main:
+        log, progress = (lambda line: None), False
     try:
-        s = set_up(config, Path(run_dir), resume, data, log)
+        s = set_up(config, Path(run_dir), resume, data, log, world)
     except BaseException:
         torch.set_num_threads(threads_before)
         raise
@@ -92,8 +101,9 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
             for epoch in range(s.start, s.config.train.epochs):
                 record = train_epoch(s, epoch, progress)
                 end_epoch(s, record, hooks, log)
-                stopped = stop_reason(s, epoch, started)
-                if stopped:
+                stopped = stop_reason(s, epoch, started) if s.world.main else None   # process 0's clock decides
+                if s.world.any(stopped is not None, s.model.device):
+                    stopped = stopped or "stopped by process 0"
                     log(stopped)
                     break
         finish(s, log)
@@ -101,15 +111,44 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
         _remove_unfinished(s)
         raise
     finally:
-        s.lock.release()
+        if s.lock is not None:
+            s.lock.release()
         torch.set_num_threads(threads_before)
     s.model.eval()
     return FitResult(s.model, s.config, s.history, s.run_dir, stopped)
 
 
-def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | None, log) -> Session:
-    """Check everything, then create the run directory (a new run) or restore the saved state (resume)."""
-    lock = RunLock(run_dir)
+def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | None, log, world: World) -> Session:
+    """Check everything, then create the run directory (a new run) or restore the saved state (resume). With
+    several processes, process 0 alone creates and locks the folder, and a failure in any process is every
+    process's error (none waits for another that has given up)."""
+    s, error = None, None
+    try:
+        s = _set_up(config, run_dir, resume, data, log, world)
+    except BaseException as e:
+        error = e
+    try:
+        agree(world, error)
+    except BaseException:
+        if s is not None:   # this process got through; another did not
+            _remove_unfinished(s)
+            if s.lock is not None:
+                s.lock.release()
+        raise
+    # DistributedDataParallel's set-up is a collective: only once every process is known to be ready
+    tcfg = s.config.train
+    steps_left = max(0, tcfg.epochs - s.start) * math.ceil(len(s.train) / tcfg.batch_size)
+    compiled = should_compile(tcfg.compile, steps_left) and (tcfg.compile == "on" or not world.distributed)
+    s.step = Step(s.model, get_loss(tcfg.loss), s.precision, tcfg.batch_size, compiled, log, world)
+    if s.start < tcfg.epochs:
+        log(banner(s))
+    else:
+        log(f"nothing to train: {run_dir} has finished its {tcfg.epochs} epochs; raise --epochs to train more")
+    return s
+
+
+def _set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | None, log, world: World) -> Session:
+    lock = RunLock(run_dir) if world.main else None
     # what other processes leave idle, measured over 0.1 s while this one sleeps (its own threads would take CPU
     # from theirs and hide them); a run that will compile starts the compiler's import now, to overlap the data load
     idle = None if config.train.threads is not None else idle_cpus(0.1)
@@ -119,7 +158,8 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
         saved = load_config(run_dir)
         if not has_checkpoint(run_dir):
             raise CheckpointError(f"{run_dir} has a config but no checkpoint yet; start it again without --resume")
-        lock.acquire()
+        if lock is not None:
+            lock.acquire()
         try:
             try:
                 check_unchanged(saved.data)
@@ -129,10 +169,12 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
             data = data or load_data(saved.data)
             config = _resumed_config(run_dir, saved, resolve(config, data))
         except BaseException:
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise
     else:
-        _check_new(run_dir)
+        if world.main:
+            _check_new(run_dir)
         check_names(config)     # before loading the data: a misspelt option fails at once
         data = data or load_data(config.data)
         config = resolve(config, data)
@@ -141,6 +183,8 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     tcfg = config.train
     device = resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)   # before seeding: it must not touch the RNG streams
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", torch.cuda.current_device())   # the one start() gave this process
     threads = resolve_threads(tcfg.threads, device, idle)
     torch.set_num_threads(threads)
     torch.manual_seed(tcfg.seed)
@@ -149,21 +193,18 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     optimizer = make_adam(model.parameters(), tcfg.lr, tcfg.adam_eps)   # one fused kernel for all parameters
     s = Session(config, run_dir, model, optimizer, torch.Generator(device=device).manual_seed(tcfg.seed),
                 data.train.to(device), data.val.to(device) if data.val is not None else None, precision, lock=lock,
-                guard=Guard(model, optimizer, log=log))
+                guard=Guard(model, optimizer, log=log), world=world)
     try:
-        _restore(s) if resume else _create(s)
+        _restore(s) if resume else _create(s) if world.main else None
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
     s.guard.snapshot()   # the state training starts from is the first good one
-    steps_left = max(0, tcfg.epochs - s.start) * math.ceil(len(s.train) / tcfg.batch_size)
-    s.step = Step(model, get_loss(tcfg.loss), s.precision, tcfg.batch_size, should_compile(tcfg.compile, steps_left), log)
     s.history = read_metrics(run_dir, upto=s.start, log=log)
-    write_metrics(run_dir, s.history)   # drops lines of epochs past the checkpoint
-    if s.start < tcfg.epochs:
-        log(banner(s, data.name))
-    else:
-        log(f"nothing to train: {run_dir} has finished its {tcfg.epochs} epochs; raise --epochs to train more")
+    if world.main:
+        write_metrics(run_dir, s.history)   # drops lines of epochs past the checkpoint
+    s.data_name = data.name
     return s
 
 
@@ -189,7 +230,8 @@ def _restore(s: Session) -> None:
     torch.set_rng_state(tensors["torch_rng"])
     s.generator.set_state(tensors["data_rng"].to(s.generator.get_state().device))
     if state.get("step"):   # saved mid-epoch: train_epoch starts there
-        s.position = {"step": state["step"], "sums": state["sums"], "epoch_rng": tensors["epoch_rng"]}
+        sums = state["sums"] if s.world.main else {**{k: 0.0 for k in state["sums"]}, "seen": state["sums"]["seen"]}
+        s.position = {"step": state["step"], "sums": sums, "epoch_rng": tensors["epoch_rng"]}
 
 
 def _check_new(run_dir: Path) -> None:
@@ -233,7 +275,7 @@ def _remove_unfinished(s: Session) -> None:
             path.unlink(missing_ok=True)
 
 
-def banner(s: Session, data_name: str) -> str:
+def banner(s: Session) -> str:
     """What is trained, how, on what: the line before the first epoch."""
     tcfg, model = s.config.train, s.model
     read = reads_of(get_loss(tcfg.loss))
@@ -248,10 +290,11 @@ def banner(s: Session, data_name: str) -> str:
         closed = tcfg.kl != "mc" and getattr(model.prior(), "closed_form_kl", False)
         how.append(f"{'closed-form' if closed else 'Monte Carlo'} KL")
     how.append(f"{tcfg.schedule} schedule")
-    return (f"training {s.config.model.model} ({', '.join(how)}; {model.describe_latent()}) on {data_name}: "
+    return (f"training {s.config.model.model} ({', '.join(how)}; {model.describe_latent()}) on {s.data_name}: "
             f"{len(s.train)} examples, epochs {s.start + 1}-{tcfg.epochs}, device {model.device}, {s.precision}, "
             f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
-            + (", compiled step" if s.step is not None and s.step.compiled else ""))
+            + (", compiled step" if s.step is not None and s.step.compiled else "")
+            + (f", {s.world.size} processes" if s.world.distributed else ""))
 
 
 def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
@@ -275,24 +318,30 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     params = list(model.parameters())
     bar = tqdm(total=n, initial=min(n, start * tcfg.batch_size), unit="img", unit_scale=True, leave=False,
                desc=f"epoch {epoch + 1}/{tcfg.epochs}") if progress else None
-    for i, (xb, yb) in enumerate(batches(s.train, tcfg.batch_size, s.generator, order=order, start=start), start):
+    for i, (xb, yb, shard) in enumerate(shard_batches(s.train, tcfg.batch_size, s.world, s.generator, order=order,
+                                                      start=start), start):
         lr = learning_rate(tcfg, epoch + i / steps_per_epoch) * s.guard.lr_scale
         for group in s.optimizer.param_groups:
             group["lr"] = lr
         s.optimizer.zero_grad(set_to_none=True)
-        sums_now = s.step(xb, yb, dataclasses.replace(ctx, epoch=epoch + i * tcfg.batch_size / n))
+        sums_now = s.step(xb, yb, dataclasses.replace(ctx, epoch=epoch + i * tcfg.batch_size / n), shard)
         if tcfg.schedule == "alternating":
             hold_fixed(model, tcfg, epoch * steps_per_epoch + i)
-        values = torch.cat([sums_now, step_is_finite(sums_now, params)[None]]).tolist()   # one host synchronisation per step
+        values = torch.cat([sums_now, step_is_finite(sums_now, params)[None]])
+        due = bool(s.stop_signal) or time.perf_counter() - last_save >= 60 * tcfg.checkpoint_every
+        if s.world.distributed:   # every process takes the same decisions: the step, and saving now
+            flags = s.world.sum(torch.stack([values[3] - 1, torch.tensor(float(due), device=values.device)]))
+            values[3], due = float(flags[0] == 0), bool(flags[1] > 0)
+        values = values.tolist()   # one host synchronisation per step
         if s.guard.record(values[3] == 1.0):
             s.optimizer.step()
             for k, v in zip(("loss", "recon", "kl"), values, strict=False):
                 sums[k] += v
-            sums["seen"] += len(xb)
+            sums["seen"] += shard[2]
         if bar is not None:
             bar.update(len(xb))
             bar.set_postfix(loss=f"{values[0] / len(xb):.2f}", refresh=False)
-        if s.stop_signal or time.perf_counter() - last_save >= 60 * tcfg.checkpoint_every:
+        if due:
             save_position(s, epoch, i + 1, sums, epoch_rng)
             last_save = time.perf_counter()
             if s.stop_signal:
@@ -303,6 +352,10 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     if sums["seen"] == 0 and n:
         raise DivergedError(f"training diverged: no step of epoch {epoch + 1} had a finite loss and gradients; the run "
                             "keeps its last finite checkpoint: retrain with a lower --lr (or resume it to try again)")
+    if s.world.distributed:   # each process summed its rows: the run's sums are theirs together
+        keys = ("loss", "recon", "kl")
+        total = s.world.sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=model.device)).tolist()
+        sums.update(zip(keys, total, strict=True))
     seen = max(sums.pop("seen"), 1.0)
     means = {f"train_{k}": v / seen for k, v in sums.items()}
     record = {"epoch": epoch + 1, "lr": learning_rate(tcfg, epoch + (steps_per_epoch - 1) / steps_per_epoch) * s.guard.lr_scale,
@@ -318,9 +371,14 @@ def save_position(s: Session, epoch: int, step: int, sums: dict, epoch_rng: torc
     the sums so far, the generator state at the epoch's start and now), so resuming is bit-exact."""
     if not weights_finite(s.model):
         return   # never a non-finite checkpoint: the guard rolls back at the next bad step
+    if s.world.distributed:   # the run's sums so far (each process resumes with its own part: process 0 all of it)
+        keys = ("loss", "recon", "kl")
+        total = s.world.sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=s.model.device)).tolist()
+        sums = {**sums, **dict(zip(keys, total, strict=True))}
     state = {**_state(s, epoch), "step": step, "sums": sums}
     state["tensors"]["epoch_rng"] = epoch_rng.cpu()
-    save_checkpoint(s.run_dir, s.model, s.optimizer, state)
+    if s.world.main:
+        save_checkpoint(s.run_dir, s.model, s.optimizer, state)
     s.state = state
     s.guard.snapshot()
 
@@ -335,11 +393,14 @@ def end_epoch(s: Session, record: dict, hooks, log) -> None:
     """Validation at the epoch's own schedule weight, metrics.jsonl, best/ weights, the checkpoint, the log line."""
     tcfg, t0, train_seconds = s.config.train, record.pop("t0"), record.pop("train_seconds")
     if s.val is not None:
-        terms = evaluate(s.model, s.val, tcfg, epoch=record["epoch"], precision=s.precision, dataset_size=len(s.train))
+        terms = evaluate(s.model, s.val, tcfg, epoch=record["epoch"], precision=s.precision, dataset_size=len(s.train),
+                         world=s.world)
         record.update({f"val_{k}": v for k, v in terms.items()})
         record.update({f"val_{k}": v for k, v in s.model.validation_extras(s.val).items()})
     record.update(seconds=time.perf_counter() - t0, images_per_s=len(s.train) / train_seconds, precision=s.precision,
                   threads=torch.get_num_threads(), compiled=s.step.compiled)
+    if s.world.distributed:
+        record["processes"] = s.world.size
     numbers = [v for v in record.values() if isinstance(v, float)]
     if not weights_finite(s.model) or not all(math.isfinite(v) for v in numbers):
         # nothing non-finite is ever saved: back to the last good state, and this epoch is not recorded
@@ -347,12 +408,15 @@ def end_epoch(s: Session, record: dict, hooks, log) -> None:
         raise DivergedError(f"training diverged in epoch {record['epoch']} (non-finite weights or losses); the run keeps "
                             "its last finite checkpoint: retrain with a lower --lr (or resume it to try again)")
     s.history.append(record)
-    append_metric(s.run_dir, record)  # before the checkpoint: a resume drops lines past it
+    if s.world.main:
+        append_metric(s.run_dir, record)  # before the checkpoint: a resume drops lines past it
     if s.val is not None and record["val_loss"] < s.best_loss:
         s.best_loss, s.best_epoch = record["val_loss"], record["epoch"]
-        save_best(s.run_dir, s.model, record["epoch"])
+        if s.world.main:
+            save_best(s.run_dir, s.model, record["epoch"])
     s.state = _state(s, record["epoch"])
-    save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
+    if s.world.main:
+        save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
     s.guard.snapshot()
     log(summary(record, tcfg.epochs))
     for hook in hooks:
@@ -375,7 +439,7 @@ def stop_reason(s: Session, epoch: int, started: float) -> str | None:
 
 def finish(s: Session, log) -> None:
     """The model's after-training work (the VQ-VAE's code prior), for the last weights and the best ones."""
-    if s.state is None:
+    if s.state is None or not s.world.main:   # what follows writes files: process 0's work
         return
     tcfg = s.config.train
     if not s.model.after_training(s.train, tcfg, log):

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import rows_of_all_processes, sum_over_processes
+
 
 @dataclass
 class Quantised:
@@ -74,8 +76,8 @@ class VectorQuantiser(nn.Module):
         if learning and self.restarts:
             self._restart(z_e.detach().reshape(-1, self.dim))
         indices = self.nearest(z_e)
-        if learning:
-            counts = torch.bincount(indices.reshape(-1), minlength=self.size).float()   # (K,) assignments per code
+        if learning:   # with several processes, the statistics of the whole global batch (vaekit.distributed)
+            counts = sum_over_processes(torch.bincount(indices.reshape(-1), minlength=self.size).float())   # (K,)
             self._track_usage(counts)
             if self.ema:
                 self._ema_update(z_e.detach(), indices, counts)
@@ -92,6 +94,7 @@ class VectorQuantiser(nn.Module):
         n = int(dead.sum())
         if n == 0:
             return
+        flat = rows_of_all_processes(flat)   # every process picks the same rows of the global batch
         picks = flat[torch.randint(len(flat), (n,), device=flat.device)]
         self.codebook[dead] = picks.to(self.codebook.dtype)
         self.usage[dead] = 1.0 / self.size
@@ -107,6 +110,7 @@ class VectorQuantiser(nn.Module):
     @torch.no_grad()
     def _ema_update(self, z_e: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
         sums = torch.zeros_like(self.embed_sum).index_add_(0, indices.reshape(-1), z_e.reshape(-1, self.dim))  # (K, E)
+        sum_over_processes(sums)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
