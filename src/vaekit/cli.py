@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from .checkpoint import load_config
+from .checkpoint import has_checkpoint, load_config
 from .config import CHECKPOINTS, DEVICES, PRECISIONS, RunConfig
 from .demo import run_demo
 from .distributed import AnotherProcessFailed, from_environment, stop
@@ -197,7 +198,13 @@ def _train_here(args, world) -> int:
         if world.distributed and not args.run_dir:
             raise VaekitError("with several processes, pass --run-dir (each process must write to the same folder)")
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(config)
-        fit(config, run_dir, progress=args.progress)
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0 and has_checkpoint(run_dir):
+            # torchrun --max-restarts started this command again after a process failed: go on from the last
+            # checkpoint (the run's own config; the options may change only as --resume allows)
+            config = config_from_args(args, base=load_config(run_dir))
+            fit(config, run_dir, resume=True, progress=args.progress)
+        else:
+            fit(config, run_dir, progress=args.progress)
     if not world.main:
         return 0
     if not args.no_report:
