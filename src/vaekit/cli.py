@@ -315,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _main_process() -> bool:
+    try:
+        return from_environment().main
+    except VaekitError:
+        return True
+
+
 def _run(args, terminated: list) -> int:
     try:
         return COMMANDS[args.command](args)
@@ -326,6 +333,8 @@ def _run(args, terminated: list) -> int:
             print(e.details, file=sys.stderr)
         return 2
     except Interrupted as e:
+        if not _main_process():
+            return 128 + e.signum   # process 0 says where the run stopped
         name = signal.Signals(e.signum).name
         print(f"vaekit: stopped by {name} {e.where}; the run is saved there: continue with "
               f"`vaekit train --resume {e.run_dir}`", file=sys.stderr)

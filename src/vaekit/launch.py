@@ -10,12 +10,15 @@ import os
 import sys
 import uuid
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 
 def launch(nproc: int, args: list[str]) -> int:
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", run_id=str(uuid.uuid4()), max_restarts=0, monitor_interval=0.1)
     try:
@@ -23,6 +26,8 @@ def launch(nproc: int, args: list[str]) -> int:
     except ChildFailedError as e:
         code = e.get_first_failure()[1].exitcode
         return code if code > 0 else 128 - code   # killed by a signal: 128 + its number, as a shell reports it
+    except SignalException as e:   # SIGTERM or SIGINT to the launcher: the processes got it too, and saved
+        return 128 + e.sigval
     return 0
 
 
