@@ -28,16 +28,51 @@ BINARISE_SEED = 1312      # fixed: static binarisation and the evaluation draw o
 
 @dataclass
 class Dataset:
-    x: torch.Tensor                  # (N, C, H, W) float32 in [0, 1], or (N, D) standardised table rows
-    y: torch.Tensor | None = None    # (N,) int64 class labels
+    """Examples x (and labels y). x is either the examples themselves, float32, or, for data too large to copy,
+    8-bit storage (a memory-mapped file: `vaekit prepare`) of which this split holds the rows `rows`, turned
+    into floats x / scale a batch at a time (take)."""
+
+    x: torch.Tensor                  # (N, C, H, W) float32 in [0, 1], or (N, D) standardised table rows; or storage
+    y: torch.Tensor | None = None    # (len,) int64 class labels, one per example of this split
     binarise: bool = False           # draw x ~ Bernoulli(x) afresh for every batch (dynamic mode)
+    scale: float | None = None       # storage: uint8 values, x = stored / scale
+    rows: torch.Tensor | None = None  # storage: this split's rows of it (None: all)
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.x) if self.rows is None else len(self.rows)
+
+    @property
+    def stored(self) -> bool:
+        """x is 8-bit storage read a batch at a time (else: float examples in memory)."""
+        return self.scale is not None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One example's shape."""
+        return tuple(self.x.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """The examples at positions idx (1-D int64), as floats."""
+        if self.rows is not None:
+            idx = self.rows.index_select(0, idx.to(self.rows.device))
+        xb = self.x.index_select(0, idx.to(self.x.device))
+        return xb.float().div_(self.scale) if self.stored else xb
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first n examples (fewer if there are fewer), as floats."""
+        if not self.stored and self.rows is None:
+            return self.x[:n]
+        return self.take(torch.arange(min(n, len(self))))
 
     def to(self, device) -> Dataset:
         y = None if self.y is None else self.y.to(device)
-        return Dataset(self.x.to(device), y, self.binarise)
+        if self.stored and torch.device(device).type == "cpu":
+            return Dataset(self.x, y, self.binarise, self.scale, self.rows)   # the map stays a map
+        return Dataset(self.x.to(device), y, self.binarise, self.scale, None if self.rows is None else self.rows.to(device))
 
 
 @dataclass
@@ -54,7 +89,7 @@ class DataSplits:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+        return self.train.shape
 
     @property
     def num_classes(self) -> int:
@@ -207,14 +242,17 @@ def shard_batches(ds: Dataset, batch_size: int, world: World, generator: torch.G
     they see exactly the batches one process sees."""
     n_all = len(ds)
     if order is None and shuffle:
-        order = torch.randperm(n_all, generator=generator, device=ds.x.device)
+        order = torch.randperm(n_all, generator=generator, device=ds.device)
     for i in range(start * batch_size, n_all, batch_size):
         n = min(batch_size, n_all - i)
         lo, hi = world.rows(n)
         keep = (0, n) if ds.binarise else (lo, hi)   # binarised: drawn for the whole batch, then cut
         if order is not None:   # index_select: 3-4x faster than x[rows] here
             rows = order[i + keep[0]:i + keep[1]]
-            xb, yb = ds.x.index_select(0, rows), None if ds.y is None else ds.y.index_select(0, rows)
+            xb, yb = ds.take(rows), None if ds.y is None else ds.y.index_select(0, rows)
+        elif ds.stored or ds.rows is not None:
+            xb = ds.take(torch.arange(i + keep[0], i + keep[1]))
+            yb = None if ds.y is None else ds.y[i + keep[0]:i + keep[1]]
         else:
             xb, yb = ds.x[i + keep[0]:i + keep[1]], None if ds.y is None else ds.y[i + keep[0]:i + keep[1]]
         if ds.binarise:

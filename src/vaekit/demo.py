@@ -51,7 +51,8 @@ def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, sourc
     metrics = {"data": source, **evaluate(model, test, result.config.train)}
     torch.manual_seed(0)
     save_png(image_grid(model.generate(64)), run_dir / "samples.png", scale=2)
-    pairs = torch.cat([test.x[:16], model.reconstruct(test.x[:16])])
+    first = test.head(16)
+    pairs = torch.cat([first, model.reconstruct(first)])
     save_png(image_grid(pairs, nrow=16), run_dir / "reconstructions.png", scale=2)
     atomic_write_text(run_dir / "test_metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(run_dir, figures_dir=run_dir / "figures", device=device, data_dir=data_dir, log=None)

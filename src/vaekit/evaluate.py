@@ -79,8 +79,8 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
     # Results go into tensors allocated up front: small tensors kept from each batch would sit between
     # the chunks' large freed buffers and fragment glibc's heap (fp32 grew by 0.1 GB/s before this).
     n = len(ds)
-    log_px, recon, kl = (torch.empty(n, dtype=torch.float64, device=ds.x.device) for _ in range(3))
-    mu = torch.empty(n, model.config.latent_dim, device=ds.x.device)
+    log_px, recon, kl = (torch.empty(n, dtype=torch.float64, device=ds.device) for _ in range(3))
+    mu = torch.empty(n, model.config.latent_dim, device=ds.device)
     for start_row, (xb, yb) in zip(range(0, n, batch_size), batches(ds, batch_size)):
         rows = slice(start_row, start_row + len(xb))
         bound = model.given(yb)  # a conditional model: log p(x|y)
@@ -104,7 +104,7 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
         mu[rows] = q.mu.float()
     model.train(was_training)
     nll = -log_px
-    n_dims = math.prod(ds.x.shape[1:])
+    n_dims = math.prod(ds.shape)
     return {"k": k, "n": len(nll), "nll": nll.mean().item(), "nll_se": (nll.std() / math.sqrt(len(nll))).item() if len(nll) > 1 else 0.0,
             "bits_per_dim": nll.mean().item() / (n_dims * math.log(2)), "neg_elbo": (recon + kl).mean().item(),
             "recon": recon.mean().item(), "kl": kl.mean().item(), "active_units": active_units(mu),
@@ -124,7 +124,7 @@ def _log_w_function(compiled: bool, model, ds: Dataset, precision: str, batch_si
     if not compiled:
         return _log_w
     fn = _compiled_log_w()
-    x = ds.x[:batch_size]
+    x = ds.head(batch_size)
     y = None if ds.y is None else ds.y[:batch_size]
     try:
         with autocast(x.device, precision):

@@ -127,7 +127,8 @@ def differences(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> lis
 def check_support(model, data: DataSplits) -> None:
     """Refuse data outside the likelihood's support (Bernoulli: [0, 1]) before it trains into NaNs."""
     support = getattr(model.likelihood, "support", None)
-    splits = [ds.x for ds in (data.train, data.val, data.test) if ds is not None and len(ds)]
+    # 8-bit storage (x = stored / 255) is inside [0, 1] by construction, and is not read through to check it
+    splits = [ds.x for ds in (data.train, data.val, data.test) if ds is not None and len(ds) and not ds.stored]
     if support is None or not splits:
         return
     ranges = [torch.aminmax(x) for x in splits]   # one pass over each split, not two

@@ -307,12 +307,12 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     position, s.position = s.position, None
     if position is None:   # a fresh epoch: its permutation is the generator's next draw
         epoch_rng, start, sums = s.generator.get_state(), 0, {"loss": 0.0, "recon": 0.0, "kl": 0.0, "seen": 0.0}
-        order = torch.randperm(n, generator=s.generator, device=s.train.x.device)
+        order = torch.randperm(n, generator=s.generator, device=s.train.device)
     else:                  # resumed mid-epoch: the same permutation, then the generator where it stood
         epoch_rng, start, sums = position["epoch_rng"], position["step"], position["sums"]
         data_rng = s.generator.get_state()
         s.generator.set_state(epoch_rng)
-        order = torch.randperm(n, generator=s.generator, device=s.train.x.device)
+        order = torch.randperm(n, generator=s.generator, device=s.train.device)
         s.generator.set_state(data_rng)
     t0 = last_save = time.perf_counter()
     params = list(model.parameters())

@@ -78,7 +78,7 @@ def reconstruction_rows(opt: PlotOptions) -> int:
 @images_only
 def draw_reconstructions(run: Run, fig, opt: PlotOptions) -> str:
     n = min(opt.n_reconstructions, len(run.test))
-    x = run.test.x[:n]
+    x = run.test.head(n)
     x_hat = run.model.given(None if run.test.y is None else run.test.y[:n]).reconstruct(x)
     ncol = min(n, RECON_COLUMNS)
     rows = []
@@ -205,7 +205,7 @@ def draw_interpolate(run: Run, fig, opt: PlotOptions) -> str:
     circle = opt.great_circle and run.latent_dim > 1
     tiles, labels = [], []
     for i, j in pairs:
-        x = test.x[[i, j]]
+        x = test.take(torch.tensor([i, j]))
         with torch.no_grad():
             za, zb = run.model.given(None if test.y is None else test.y[[i, j]]).encode(x).mode.float().cpu()
         name = f"{int(test.y[i])} → {int(test.y[j])}" if test.y is not None else f"#{i} → #{j}"
@@ -214,7 +214,7 @@ def draw_interpolate(run: Run, fig, opt: PlotOptions) -> str:
             tiles += [x[:1].cpu(), decode(run, z, opt.label), x[1:].cpu()]
             labels.append(f"{name}  {how}")
     ax = fig.subplots()
-    h, w = test.x.shape[-2:]
+    h, w = test.shape[-2:]
     show(ax, image_grid(torch.cat(tiles), nrow=steps + 2))
     every = max(1, round(steps / 10))
     xs = tile_centres(steps + 2, w)
