@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,7 +19,8 @@ import time
 from pathlib import Path
 
 from .checkpoint import has_checkpoint, load_config
-from .config import CHECKPOINTS, DEVICES, PRECISIONS, RunConfig
+from .config import CHECKPOINTS, DEVICES, PRECISIONS, DataConfig, RunConfig
+from .data import data_root
 from .demo import run_demo
 from .distributed import AnotherProcessFailed, from_environment, stop
 from .errors import VaekitError
@@ -29,6 +31,8 @@ from .presets import PRESETS, get_preset
 from .registry import list_components
 from .report import write_report
 from .sampling import sample_run
+from .sources import SOURCES, Arrays
+from .sources.prepared import prepare
 from .train import Interrupted, fit
 
 
@@ -109,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a progress bar (default: only when stderr is a terminal)")
     _common(de)
     _add_figure_commands(sub)
+    pr = sub.add_parser("prepare", help="write an image source once as 8-bit rows that training reads a batch at a "
+                        "time (data larger than memory; one copy for all processes)")
+    pr.add_argument("--data", required=True, help="the source: folder, npy, mnist, fashion-mnist, ...")
+    pr.add_argument("--path", help="the source's file or folder (folder, npy)")
+    pr.add_argument("--image-size", type=int, help="folder: resize images to this side")
+    pr.add_argument("--data-dir", help="dataset cache for downloaded sources (default: $VAEKIT_DATA or ~/.cache/vaekit)")
+    pr.add_argument("--out", required=True, help="the new folder to write; train with --data prepared --path OUT")
+    _common(pr)
+
     ls = sub.add_parser("list", help="the registered models, losses, priors, architectures, likelihoods and data sources")
     _common(ls)
     return p
@@ -270,6 +283,20 @@ def _report(args) -> int:
     return 0
 
 
+def _prepare(args) -> int:
+    cfg = DataConfig(args.data, path=args.path, image_size=args.image_size, data_dir=args.data_dir)
+    if args.data not in SOURCES or args.data == "prepared":
+        raise VaekitError(f"--data {args.data!r} cannot be prepared; choose one of "
+                          f"{', '.join(k for k in SOURCES if k != 'prepared')}")
+    arrays = Arrays(*SOURCES[args.data].load(data_root(args.data_dir), True, 30, cfg))
+    meta = prepare(arrays, Path(args.out), args.data)
+    size = (meta["train"] + meta["test"]) * math.prod(meta["shape"]) / 1e6
+    test = f" and {meta['test']:,} test" if meta["test"] else ""
+    print(f"prepared {meta['train']:,} training{test} images of {'x'.join(map(str, meta['shape']))} in {args.out} "
+          f"({size:,.1f} MB); train with --data prepared --path {args.out}")
+    return 0
+
+
 def _list(args) -> int:
     rows = list_components()
     width = max(len(name) for _, name, _ in rows)
@@ -281,7 +308,8 @@ def _list(args) -> int:
 
 
 COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "demo": _demo,
-            "plot": _plot, "compare": _compare, "report": _report, "list": _list}
+            "plot": _plot, "compare": _compare, "report": _report, "list": _list,
+            "prepare": _prepare}
 
 
 def os_error(e: OSError) -> str:

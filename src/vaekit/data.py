@@ -21,6 +21,7 @@ from .config import DataConfig, field_ref, unknown
 from .distributed import ALONE, World
 from .errors import ConfigError, DataError
 from .sources import SOURCES, Arrays
+from .sources.prepared import RowFile
 
 SPLIT_SEED = 20131220     # fixed: every run of a source sees the same validation split
 BINARISE_SEED = 1312      # fixed: static binarisation and the evaluation draw of dynamic mode
@@ -146,7 +147,10 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
         return x
     to_y = lambda arr: None if arr is None else torch.from_numpy(np.asarray(arr, dtype=np.int64))  # noqa: E731
     take = lambda y, idx: None if y is None else y.index_select(0, idx)  # noqa: E731
-    x, y = to_x(a.train_x, "training"), to_y(a.train_y)
+    # prepared data stays in its files: the splits below then carve row numbers, not the examples themselves
+    stored = (a.train_x, a.test_x) if isinstance(a.train_x, RowFile) else None
+    rows_of = lambda storage: None if storage is None else torch.arange(len(storage))  # noqa: E731
+    x, y = rows_of(stored[0]) if stored else to_x(a.train_x, "training"), to_y(a.train_y)
     if a.test_x is None:
         if len(x) < 2:
             raise DataError(f"{cfg.path or cfg.source} holds {len(x)} example(s); it needs at least 2 (train and test)")
@@ -155,7 +159,7 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
         test_x, test_y = take(x, order[:n_test]), take(y, order[:n_test])
         x, y = take(x, order[n_test:]), take(y, order[n_test:])
     else:
-        test_x, test_y = to_x(a.test_x, "test"), to_y(a.test_y)
+        test_x, test_y = rows_of(stored[1]) if stored else to_x(a.test_x, "test"), to_y(a.test_y)
     val_size = default_val_size(len(x)) if cfg.val_size is None else cfg.val_size
     if val_size >= len(x):
         raise ConfigError(f"val_size={val_size} ({field_ref(DataConfig, 'val_size')}) leaves no training data: "
@@ -169,18 +173,24 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
         x, test_x = (x - mean) / std, (test_x - mean) / std
     if cfg.limit is not None:
         train_idx = train_idx[: cfg.limit]
-    train = Dataset(take(x, train_idx), take(y, train_idx))
-    val = Dataset(take(x, val_idx), take(y, val_idx)) if val_size else None
-    test = Dataset(test_x, test_y)
+    if stored:   # a split is rows of the training file; the test split, rows of the test file if there is one
+        test_storage = stored[0] if stored[1] is None else stored[1]
+        split = lambda rows, labels, storage=stored[0]: Dataset(storage, labels, scale=a.scale, rows=rows)  # noqa: E731
+        train, test = split(take(x, train_idx), take(y, train_idx)), split(test_x, test_y, test_storage)
+        val = split(take(x, val_idx), take(y, val_idx)) if val_size else None
+    else:
+        train = Dataset(take(x, train_idx), take(y, train_idx))
+        val = Dataset(take(x, val_idx), take(y, val_idx)) if val_size else None
+        test = Dataset(test_x, test_y)
     if cfg.pixels != "grey":
-        lo, hi = min(x.min().item(), test_x.min().item()), max(x.max().item(), test_x.max().item())
+        lo, hi = (0, 1) if stored else (min(x.min().item(), test_x.min().item()), max(x.max().item(), test_x.max().item()))
         if lo < 0 or hi > 1:
             raise ConfigError(f"pixels {cfg.pixels} ({field_ref(DataConfig, 'pixels')}) draws Bernoulli pixels from data "
                               f"in [0, 1], but {cfg.source} spans [{lo:.3g}, {hi:.3g}]; use pixels grey")
         g = torch.Generator().manual_seed(BINARISE_SEED)
         for ds in (train, val, test):
-            if ds is not None and not (ds is train and cfg.pixels == "dynamic"):
-                ds.x = torch.bernoulli(ds.x, generator=g)
+            if ds is not None and not (ds is train and cfg.pixels == "dynamic"):   # prepared data: read in here
+                ds.x, ds.scale, ds.rows = torch.bernoulli(ds.head(len(ds)), generator=g), None, None
         train.binarise = cfg.pixels == "dynamic"
     return DataSplits(train, val, test, cfg.source, a.columns, mean, std, a.class_names, a.label_name)
 

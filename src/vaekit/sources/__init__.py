@@ -5,6 +5,7 @@
     idx.py      IDX files (MNIST, Fashion-MNIST): read, validated, downloaded from the official mirrors
     bundled.py  scikit-learn's 8x8 digits (no download)
     files.py    the user's files: a folder of images, .npy/.npz arrays, a CSV table
+    prepared.py any image source written once as 8-bit rows (vaekit prepare), read a batch at a time
 
 A source has load(root, download, timeout, cfg) -> Arrays; `options` names the DataConfig fields it
 reads; `tabular` marks rows to standardise (a Gaussian likelihood by default). vaekit.data turns
@@ -17,6 +18,7 @@ from .arrays import Arrays, class_ids
 from .bundled import DigitsSource
 from .files import ArraySource, CSVSource, FolderSource
 from .idx import FASHION_MNIST, MNIST, IDXFile, IDXSource, read_idx
+from .prepared import PreparedSource
 
 # name -> source (see the module docstring for what a source provides)
 SOURCES = {
@@ -26,6 +28,7 @@ SOURCES = {
     "folder": FolderSource(),
     "npy": ArraySource(),
     "csv": CSVSource(),
+    "prepared": PreparedSource(),
 }
 
 
