@@ -117,3 +117,21 @@ def test_the_compiled_estimate_follows_changed_weights():
     eager = log_likelihood(model, ds, k=5, compile=False)["nll"]
     # compiled code draws its own random numbers: equal up to Monte Carlo noise, far from the old value
     assert compiled == pytest.approx(eager, abs=0.3) and compiled > first + 5
+
+
+def test_bf16_moves_the_reported_likelihood_by_less_than_its_noise(tmp_path):
+    """The estimate in bf16 (what --precision auto picks on CPUs with fast bf16) against fp32 on the same samples:
+    the difference is far below the estimate's own standard error over the images."""
+    from vaekit import DataConfig, RunConfig, fit, load_data
+
+    data = load_data(DataConfig("digits", val_size=100, pixels="dynamic"))
+    cfg = RunConfig(ModelConfig(latent_dim=4, hidden_dims=(64,)), DataConfig("digits", val_size=100, pixels="dynamic"),
+                    TrainConfig(epochs=5, batch_size=64, lr=3e-3, precision="fp32"))
+    model = fit(cfg, tmp_path / "run", data=data, progress=False, log=lambda s: None).model
+    results = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        results[precision] = log_likelihood(model, data.test, k=200, precision=precision, compile=False)
+    diff = abs(results["bf16"]["nll"] - results["fp32"]["nll"])
+    assert diff < 0.1 * results["fp32"]["nll_se"], (diff, results["fp32"]["nll_se"])
+    print(f"bf16 - fp32: {diff:.4f} nats, standard error {results['fp32']['nll_se']:.3f}")
