@@ -148,11 +148,13 @@ def test_a_corrupt_mnist_file_in_the_cache_is_refused(tmp_path):
 @needs_mnist
 def test_mnist_loads_with_official_sizes_and_split():
     d = load_data(DataConfig("mnist", val_size=5000))
-    assert d.train.x.shape == (55000, 1, 28, 28) and d.val.x.shape == (5000, 1, 28, 28)
-    assert d.test.x.shape == (10000, 1, 28, 28) and d.test.y.max() == 9
-    assert 0 <= d.train.x.min() and d.train.x.max() == 1 and d.train.x.dtype == torch.float32
+    train = d.train.examples()
+    assert train.shape == (55000, 1, 28, 28) and d.val.examples().shape == (5000, 1, 28, 28)
+    assert d.test.examples().shape == (10000, 1, 28, 28) and d.test.y.max() == 9
+    assert 0 <= train.min() and train.max() == 1 and train.dtype == torch.float32
+    assert d.train.stored and d.train.x.dtype == torch.uint8   # kept 8-bit, 4x smaller
     again = load_data(DataConfig("mnist", val_size=5000))
-    assert torch.equal(d.val.x, again.val.x)  # the split is the same for every run
+    assert torch.equal(d.val.examples(), again.val.examples())  # the split is the same for every run
 
 
 @needs_mnist
@@ -160,21 +162,21 @@ def test_pixel_modes():
     grey = load_data(DataConfig("mnist", pixels="grey", val_size=100, limit=500))
     static = load_data(DataConfig("mnist", pixels="static", val_size=100, limit=500))
     dynamic = load_data(DataConfig("mnist", pixels="dynamic", val_size=100, limit=500))
-    assert not grey.train.binarise and set(static.train.x.unique().tolist()) == {0.0, 1.0}
-    assert torch.equal(static.train.x, load_data(DataConfig("mnist", pixels="static", val_size=100, limit=500)).train.x)
-    assert dynamic.train.binarise and torch.equal(dynamic.train.x, grey.train.x)    # kept grey, drawn per batch
-    assert set(dynamic.test.x.unique().tolist()) == {0.0, 1.0}                      # evaluation drawn once
+    assert not grey.train.binarise and set(static.train.examples().unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(static.train.examples(), load_data(DataConfig("mnist", pixels="static", val_size=100, limit=500)).train.examples())
+    assert dynamic.train.binarise and torch.equal(dynamic.train.examples(), grey.train.examples())    # kept grey, drawn per batch
+    assert set(dynamic.test.examples().unique().tolist()) == {0.0, 1.0}                      # evaluation drawn once
     g = torch.Generator().manual_seed(0)
     first = next(batches(dynamic.train, 500, g))[0]
     second = next(batches(dynamic.train, 500, g))[0]
     assert set(first.unique().tolist()) == {0.0, 1.0} and not torch.equal(first, second)
-    torch.testing.assert_close(first.mean(), grey.train.x.mean(), atol=0.01, rtol=0)
+    torch.testing.assert_close(first.mean(), grey.train.examples().mean(), atol=0.01, rtol=0)
 
 
 def test_digits_source_and_val_size_checks():
     d = load_data(DataConfig("digits", val_size=200))
-    assert d.train.x.shape[1:] == (1, 8, 8) and len(d.val) == 200 and len(d.test) == 297
-    assert d.train.x.max() == 1.0
+    assert d.train.shape == (1, 8, 8) and len(d.val) == 200 and len(d.test) == 297
+    assert d.train.examples().max() == 1.0
     with pytest.raises(ConfigError, match="leaves no training data"):
         load_data(DataConfig("digits", val_size=5000))
     with pytest.raises(ConfigError, match="unknown"):

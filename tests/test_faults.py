@@ -297,7 +297,7 @@ def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path):
     from vaekit import DataConfig, load_data
     _png16(tmp_path)
     data = load_data(DataConfig("folder", path=str(tmp_path / "imgs"), val_size=0, test_fraction=0.25))
-    values = sorted({round(v, 3) for v in torch.cat([data.train.x, data.test.x]).flatten().tolist()})
+    values = sorted({round(v, 3) for v in torch.cat([data.train.examples(), data.test.examples()]).flatten().tolist()})
     assert values == [round(round(1000 * i * 255 / 65535) / 255, 3) for i in range(4)]   # before: every pixel 1.0
 
 

@@ -146,7 +146,7 @@ def test_traversal_rows_are_ordered_by_average_kl_per_dimension(runs):
     fig, _ = plots.figure("traversal", [run], plots.PlotOptions(max_rows=6))
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     with torch.no_grad():
-        q = run.model.encode(run.test.x)
+        q = run.model.encode(run.test.examples())
         kl = DiagonalGaussian(q.mu, q.logvar, event_ndim=0).kl().mean(0)   # (D,)
     order = torch.argsort(kl, descending=True)[:6].tolist()
     assert labels == [f"$z_{{{d}}}$  KL {kl[d]:.2f} nats" for d in order]

@@ -47,7 +47,7 @@ def table(path, n=200, seed=0):
 
 
 def all_rows(d):
-    return torch.cat([ds.x for ds in (d.train, d.val, d.test) if ds is not None])
+    return torch.cat([ds.examples() for ds in (d.train, d.val, d.test) if ds is not None])
 
 
 # ----------------------------------------------------------------------------- loading
@@ -62,7 +62,7 @@ def test_a_folder_of_rgb_images_loads_with_labels_from_its_sub_folders(tmp_path)
     red, blue = x[:, 0].mean((1, 2)), x[:, 2].mean((1, 2))
     assert ((red > blue) == (y == 0)).all()                            # each label went with its own images
     again = load_data(DataConfig("folder", path=str(folder), val_size=5))
-    assert torch.equal(again.test.x, d.test.x) and torch.equal(again.val.y, d.val.y)
+    assert torch.equal(again.test.examples(), d.test.examples()) and torch.equal(again.val.y, d.val.y)
 
 
 def test_folder_images_are_resized_and_grey_stays_grey(tmp_path):

@@ -55,7 +55,7 @@ def test_train_reload_evaluate_sample_and_plot(tmp_path, eight_bit, model_name, 
     run_dir = result.run_dir
     model, config, epoch = load_model(run_dir)
     assert epoch == 1 and config.model.model == model_name
-    x, y = data.test.x[:5], data.test.y[:5]
+    x, y = data.test.head(5), data.test.y[:5]
     for a, b in zip(result.model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
     torch.manual_seed(3)
@@ -88,7 +88,7 @@ def test_a_conditional_vae_draws_the_label_it_is_given(tmp_path, digits):
     torch.manual_seed(0)
     sevens = model.generate(4, label=7)
     assert (threes - sevens).abs().mean() > 1e-3          # same z, another label: another image
-    x = digits.test.x[:4]
+    x = digits.test.head(4)
     q3, q7 = model.encode(x, torch.full((4,), 3)), model.encode(x, torch.full((4,), 7))
     assert not torch.allclose(q3.mu, q7.mu)                # the encoder sees the label too
 

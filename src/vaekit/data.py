@@ -63,6 +63,10 @@ class Dataset:
         xb = self.x.index_select(0, idx.to(self.x.device))
         return xb.float().div_(self.scale) if self.stored else xb
 
+    def examples(self) -> torch.Tensor:
+        """Every example, as floats (for stored data: read and converted whole)."""
+        return self.head(len(self))
+
     def head(self, n: int) -> torch.Tensor:
         """The first n examples (fewer if there are fewer), as floats."""
         if not self.stored and self.rows is None:
@@ -118,6 +122,20 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
 
 # ----------------------------------------------------------------------------- splits
 
+def _storage(a: Arrays) -> tuple | None:
+    """8-bit images are kept as they are, 4x smaller than floats, and turned into floats a batch at a time (the same
+    numbers): prepared files as files, uint8 arrays as uint8 tensors. None: the examples become floats now."""
+    if isinstance(a.train_x, RowFile):
+        return a.train_x, a.test_x
+    arrays = [arr for arr in (a.train_x, a.test_x) if arr is not None]
+    if a.scale != 255.0 or not all(np.asarray(arr).dtype == np.uint8 and np.asarray(arr).ndim == 4 for arr in arrays):
+        return None
+    with warnings.catch_warnings():   # read-only buffers: only read
+        warnings.simplefilter("ignore", UserWarning)
+        as_tensor = lambda arr: None if arr is None else torch.from_numpy(np.ascontiguousarray(arr))  # noqa: E731
+        return as_tensor(a.train_x), as_tensor(a.test_x)
+
+
 def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 30) -> DataSplits:
     """Load a source; scale images to [0, 1]; hold out a test set where the source has none;
     carve the validation split; standardise a table with the training split's mean and std;
@@ -148,7 +166,7 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
     to_y = lambda arr: None if arr is None else torch.from_numpy(np.asarray(arr, dtype=np.int64))  # noqa: E731
     take = lambda y, idx: None if y is None else y.index_select(0, idx)  # noqa: E731
     # prepared data stays in its files: the splits below then carve row numbers, not the examples themselves
-    stored = (a.train_x, a.test_x) if isinstance(a.train_x, RowFile) else None
+    stored = _storage(a)
     rows_of = lambda storage: None if storage is None else torch.arange(len(storage))  # noqa: E731
     x, y = rows_of(stored[0]) if stored else to_x(a.train_x, "training"), to_y(a.train_y)
     if a.test_x is None:
