@@ -29,9 +29,9 @@ BINARISE_SEED = 1312      # fixed: static binarisation and the evaluation draw o
 
 @dataclass
 class Dataset:
-    """Examples x (and labels y). x is either the examples themselves, float32, or, for data too large to copy,
-    8-bit storage (a memory-mapped file: `vaekit prepare`) of which this split holds the rows `rows`, turned
-    into floats x / scale a batch at a time (take)."""
+    """Examples x (and labels y). x is either the examples themselves, float32, or 8-bit storage (a uint8 tensor,
+    or the rows file of `vaekit prepare`) of which this split holds the rows `rows`, turned into floats
+    x / scale a batch at a time (take)."""
 
     x: torch.Tensor                  # (N, C, H, W) float32 in [0, 1], or (N, D) standardised table rows; or storage
     y: torch.Tensor | None = None    # (len,) int64 class labels, one per example of this split
@@ -76,7 +76,7 @@ class Dataset:
     def to(self, device) -> Dataset:
         y = None if self.y is None else self.y.to(device)
         if self.stored and torch.device(device).type == "cpu":
-            return Dataset(self.x, y, self.binarise, self.scale, self.rows)   # the map stays a map
+            return Dataset(self.x, y, self.binarise, self.scale, self.rows)   # the storage is shared, not copied
         return Dataset(self.x.to(device), y, self.binarise, self.scale, None if self.rows is None else self.rows.to(device))
 
 
@@ -165,7 +165,7 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
         return x
     to_y = lambda arr: None if arr is None else torch.from_numpy(np.asarray(arr, dtype=np.int64))  # noqa: E731
     take = lambda y, idx: None if y is None else y.index_select(0, idx)  # noqa: E731
-    # prepared data stays in its files: the splits below then carve row numbers, not the examples themselves
+    # 8-bit storage stays as it is: the splits below then carve row numbers, not the examples themselves
     stored = _storage(a)
     rows_of = lambda storage: None if storage is None else torch.arange(len(storage))  # noqa: E731
     x, y = rows_of(stored[0]) if stored else to_x(a.train_x, "training"), to_y(a.train_y)
@@ -207,7 +207,7 @@ def load_data(cfg: DataConfig, download: bool = True, download_timeout: float = 
                               f"in [0, 1], but {cfg.source} spans [{lo:.3g}, {hi:.3g}]; use pixels grey")
         g = torch.Generator().manual_seed(BINARISE_SEED)
         for ds in (train, val, test):
-            if ds is not None and not (ds is train and cfg.pixels == "dynamic"):   # prepared data: read in here
+            if ds is not None and not (ds is train and cfg.pixels == "dynamic"):   # 8-bit storage: read in here
                 ds.x, ds.scale, ds.rows = torch.bernoulli(ds.head(len(ds)), generator=g), None, None
         train.binarise = cfg.pixels == "dynamic"
     return DataSplits(train, val, test, cfg.source, a.columns, mean, std, a.class_names, a.label_name)

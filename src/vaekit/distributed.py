@@ -102,7 +102,7 @@ def stop(world: World, clean: bool = True) -> None:
     the group's store can abort a process at exit: "terminate called without an active exception")."""
     if world.distributed and dist.is_initialized():
         if clean:
-            dist.barrier()
+            world.barrier()
         dist.destroy_process_group()
 
 

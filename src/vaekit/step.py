@@ -45,12 +45,13 @@ class LossTerms(nn.Module):
             return self.loss_fn(self.model.given(y), x, ctx)
 
 
-def forward_backward(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | None, ctx, scale: float | None) -> torch.Tensor:
+def forward_backward(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | None, ctx, scale: float | None,
+                     compute: Callable | None = None) -> torch.Tensor:
     """The loss of batch (x, y) and its gradients (accumulated into .grad); returns the sums over the batch of
     the loss terms TERMS, (3,), detached. The loss is the batch mean of the per-example loss, or with `scale` its
     sum times scale (a process's rows of a global batch: world size / global batch size, which DDP's average
-    of the processes' gradients turns into the global mean)."""
-    loss, sums = loss_and_sums(terms_of, x, y, ctx, scale)
+    of the processes' gradients turns into the global mean). compute: loss_and_sums, or its compiled form."""
+    loss, sums = (compute or loss_and_sums)(terms_of, x, y, ctx, scale)
     loss.backward()
     return sums
 
@@ -95,16 +96,12 @@ class Step:
     def _run(self, x, y, ctx, scale):
         if self._compiled_fn is None or len(x) != self.batch_size:
             return forward_backward(self.terms_of, x, y, ctx, scale)
-        if self._tried:
-            loss, sums = self._compiled_fn(self.terms_of, x, y, ctx, scale)
-            loss.backward()
-            return sums
-        self._tried = True
+        first, self._tried = not self._tried, True
         try:
-            loss, sums = self._compiled_fn(self.terms_of, x, y, ctx, scale)
-            loss.backward()
-            return sums
+            return forward_backward(self.terms_of, x, y, ctx, scale, self._compiled_fn)
         except Exception as e:   # no C++ compiler, an unsupported operation...: the same step, eagerly
+            if not first:
+                raise
             self._compiled_fn, self.compiled = None, False
             for p in self.terms_of.parameters():
                 p.grad = None    # whatever a half-run compiled step left behind
@@ -122,10 +119,11 @@ def _compile(fn):
     return torch.compile(fn, dynamic=False, options={"fallback_random": True})
 
 
-def should_compile(mode: str, steps_left: int) -> bool:
-    """Whether to compile the step: 'on', 'off', or 'auto' (runs with at least COMPILE_MIN_STEPS steps to go)."""
+def should_compile(mode: str, steps_left: int, distributed: bool = False) -> bool:
+    """Whether to compile the step: 'on', 'off', or 'auto' (runs with at least COMPILE_MIN_STEPS steps to go, in
+    one process: with several, each would compile its DDP-wrapped step, untested gain)."""
     if mode not in COMPILE_MODES:
         raise ConfigError(f"compile mode {mode!r} is unknown; use {', '.join(COMPILE_MODES)}")
     if mode != "auto":
         return mode == "on"
-    return steps_left >= COMPILE_MIN_STEPS
+    return steps_left >= COMPILE_MIN_STEPS and not distributed

@@ -36,7 +36,7 @@ from .rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
 from .runtime import idle_cpus, resolve_device, resolve_precision, resolve_threads, warm_up_compiler
 from .schedules import hold_fixed, learning_rate
 from .signals import Interrupted, stop_on_signals
-from .step import Step, should_compile
+from .step import TERMS, Step, should_compile
 
 RESUMABLE = ("epochs", "max_minutes", "early_stop", "checkpoint_every", "threads", "device", "compile")  # what a resumed run may change
 Hook = Callable[[dict, torch.nn.Module], None]  # called after each epoch with (record, model)
@@ -138,7 +138,7 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     # DistributedDataParallel's set-up is a collective: only once every process is known to be ready
     tcfg = s.config.train
     steps_left = max(0, tcfg.epochs - s.start) * math.ceil(len(s.train) / tcfg.batch_size)
-    compiled = should_compile(tcfg.compile, steps_left) and (tcfg.compile == "on" or not world.distributed)
+    compiled = should_compile(tcfg.compile, steps_left, world.distributed)
     s.step = Step(s.model, get_loss(tcfg.loss), s.precision, tcfg.batch_size, compiled, log, world)
     if s.start < tcfg.epochs:
         log(banner(s))
@@ -306,7 +306,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     steps_per_epoch = math.ceil(n / tcfg.batch_size)
     position, s.position = s.position, None
     if position is None:   # a fresh epoch: its permutation is the generator's next draw
-        epoch_rng, start, sums = s.generator.get_state(), 0, {"loss": 0.0, "recon": 0.0, "kl": 0.0, "seen": 0.0}
+        epoch_rng, start, sums = s.generator.get_state(), 0, {**dict.fromkeys(TERMS, 0.0), "seen": 0.0}
         order = torch.randperm(n, generator=s.generator, device=s.train.device)
     else:                  # resumed mid-epoch: the same permutation, then the generator where it stood
         epoch_rng, start, sums = position["epoch_rng"], position["step"], position["sums"]
@@ -327,7 +327,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         sums_now = s.step(xb, yb, dataclasses.replace(ctx, epoch=epoch + i * tcfg.batch_size / n), shard)
         if tcfg.schedule == "alternating":
             hold_fixed(model, tcfg, epoch * steps_per_epoch + i)
-        values = torch.cat([sums_now, step_is_finite(sums_now, params)[None]])
+        values = torch.cat([sums_now, step_is_finite(sums_now, params)[None]])   # TERMS' sums, then finite
         due = bool(s.stop_signal) or time.perf_counter() - last_save >= 60 * tcfg.checkpoint_every
         if s.world.distributed:   # every process takes the same decisions: the step, and saving now
             flags = s.world.sum(torch.stack([values[3] - 1, torch.tensor(float(due), device=values.device)]))
@@ -335,7 +335,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         values = values.tolist()   # one host synchronisation per step
         if s.guard.record(values[3] == 1.0):
             s.optimizer.step()
-            for k, v in zip(("loss", "recon", "kl"), values, strict=False):
+            for k, v in zip(TERMS, values, strict=False):
                 sums[k] += v
             sums["seen"] += shard[2]
         if bar is not None:
@@ -352,10 +352,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     if sums["seen"] == 0 and n:
         raise DivergedError(f"training diverged: no step of epoch {epoch + 1} had a finite loss and gradients; the run "
                             "keeps its last finite checkpoint: retrain with a lower --lr (or resume it to try again)")
-    if s.world.distributed:   # each process summed its rows: the run's sums are theirs together
-        keys = ("loss", "recon", "kl")
-        total = s.world.sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=model.device)).tolist()
-        sums.update(zip(keys, total, strict=True))
+    sums = _summed_over_processes(s, sums)
     seen = max(sums.pop("seen"), 1.0)
     means = {f"train_{k}": v / seen for k, v in sums.items()}
     record = {"epoch": epoch + 1, "lr": learning_rate(tcfg, epoch + (steps_per_epoch - 1) / steps_per_epoch) * s.guard.lr_scale,
@@ -371,16 +368,22 @@ def save_position(s: Session, epoch: int, step: int, sums: dict, epoch_rng: torc
     the sums so far, the generator state at the epoch's start and now), so resuming is bit-exact."""
     if not weights_finite(s.model):
         return   # never a non-finite checkpoint: the guard rolls back at the next bad step
-    if s.world.distributed:   # the run's sums so far (each process resumes with its own part: process 0 all of it)
-        keys = ("loss", "recon", "kl")
-        total = s.world.sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=s.model.device)).tolist()
-        sums = {**sums, **dict(zip(keys, total, strict=True))}
-    state = {**_state(s, epoch), "step": step, "sums": sums}
+    # the run's sums so far (each process resumes with its own part: process 0 all of it)
+    state = {**_state(s, epoch), "step": step, "sums": _summed_over_processes(s, sums)}
     state["tensors"]["epoch_rng"] = epoch_rng.cpu()
     if s.world.main:
         save_checkpoint(s.run_dir, s.model, s.optimizer, state)
     s.state = state
     s.guard.snapshot()
+
+
+def _summed_over_processes(s: Session, sums: dict) -> dict:
+    """The sums of TERMS that each process kept for its rows, added up over the processes (a new dict; 'seen'
+    counts global batches already, so it is kept as it is)."""
+    if not s.world.distributed:
+        return dict(sums)
+    total = s.world.sum(torch.tensor([sums[k] for k in TERMS], dtype=torch.float64, device=s.model.device)).tolist()
+    return {**sums, **dict(zip(TERMS, total, strict=True))}
 
 
 def _state(s: Session, finished_epochs: int) -> dict:

@@ -29,20 +29,19 @@ def read_idx(path: str | Path, expect_shape: tuple[int, ...] | None = None) -> n
     """Read an IDX file (.gz or raw) into an array; with expect_shape, insist on it. A .gz is decompressed once:
     later reads take the copy kept in cache_dir()/idx (MNIST's training images: 0.13 s to decompress)."""
     path = Path(path)
-    if path.suffix == ".gz":
-        copy = _decompressed_copy(path)
-        if copy is not None:
-            try:
-                return _parse(copy.read_bytes(), path, expect_shape)
-            except (OSError, DataError):
-                pass   # a copy gone or damaged since: decompressed again below, and rewritten
+    copy = _decompressed_copy(path) if path.suffix == ".gz" else None
+    if copy is not None:
+        try:
+            return _parse(copy.read_bytes(), path, expect_shape)
+        except (OSError, DataError):
+            pass   # a copy gone or damaged since: decompressed again below, and rewritten
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(f"{path} is corrupt or unreadable ({e}); {_FIX}") from None
     array = _parse(raw, path, expect_shape)
-    if path.suffix == ".gz":
-        _keep_decompressed(path, raw)
+    if copy is not None:
+        _keep_decompressed(copy, raw)
     return array
 
 
@@ -77,10 +76,7 @@ def _decompressed_copy(path: Path) -> Path | None:
     return cache_dir() / "idx" / f"{path.stem}.{key}.{st.st_size}-{st.st_mtime_ns}"
 
 
-def _keep_decompressed(path: Path, raw: bytes) -> None:
-    copy = _decompressed_copy(path)
-    if copy is None:
-        return
+def _keep_decompressed(copy: Path, raw: bytes) -> None:
     try:
         copy.parent.mkdir(parents=True, exist_ok=True)
         for old in copy.parent.glob(f"{copy.name.rsplit('.', 1)[0]}.*"):   # older versions of the same file
