@@ -85,7 +85,7 @@ def main() -> None:
         model, saved, epoch = load_model(run_dir, args.device)
         history = history or [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         test = load_data(saved.data).test.to(model.device)
-        test = Dataset(test.x[:args.eval_n], None if test.y is None else test.y[:args.eval_n])
+        test = Dataset(test.head(args.eval_n), None if test.y is None else test.y[:args.eval_n])
         row = {"model": name, "epochs": epoch, "train_minutes": sum(r["seconds"] for r in history) / 60,
                "wall_minutes": float((run_dir / "wall_seconds").read_text()) / 60}
         torch.manual_seed(0)

@@ -41,7 +41,7 @@ def evaluate(run_dir: Path, k: int, n: int, device: str, precision: str) -> dict
     model, config, epoch = load_model(run_dir, device)
     test = load_data(config.data).test
     torch.manual_seed(0)
-    r = log_likelihood(model, Dataset(test.x[:n]).to(model.device), k=k, precision=precision)
+    r = log_likelihood(model, Dataset(test.head(n)).to(model.device), k=k, precision=precision)
     r.pop("per_example_nll")
     return {"epochs": epoch, **r}
 

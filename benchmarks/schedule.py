@@ -37,7 +37,7 @@ def main() -> None:
     args = p.parse_args()
     data_cfg = DataConfig("mnist", pixels="dynamic", val_size=0)
     data = load_data(data_cfg)
-    test = Dataset(data.test.x[:args.eval_n])
+    test = Dataset(data.test.head(args.eval_n))
     rows, curves = [], {}
     for name, kw in SCHEDULES.items():
         config = RunConfig(ModelConfig(latent_dim=50, hidden_dims=(200, 200), activation="tanh"), data_cfg,

@@ -139,7 +139,7 @@ def likelihoods(run_dir: Path, python: str, n_pythae: int, k: int) -> dict:
                               cwd=PEERS, check=True, capture_output=True, text=True)
     pythae = json.loads(done.stdout.splitlines()[-1])
     torch.manual_seed(0)
-    same = log_likelihood(model, Dataset(test.x[:n_pythae]), k, precision="auto")   # as `vaekit eval --nll-k` runs it
+    same = log_likelihood(model, Dataset(test.head(n_pythae)), k, precision="auto")   # as `vaekit eval --nll-k` runs it
     torch.manual_seed(0)
     t0 = time.perf_counter()
     full = log_likelihood(model, test, k, precision="auto")
