@@ -1,6 +1,6 @@
 """`vaekit list`: every registered component, each with one line from its own docstring."""
 
-from vaekit import LIKELIHOODS, LOSSES, MODELS, PRIORS, SOURCES, list_components
+from vaekit import LIKELIHOODS, LOSSES, MODELS, POSTERIORS, PRIORS, SOURCES, list_components
 from vaekit.cli import main
 from vaekit.nets import ARCHITECTURES
 from vaekit.registry import describe
@@ -9,14 +9,15 @@ from vaekit.registry import describe
 def test_every_entry_of_every_registry_is_listed_with_a_one_line_description():
     rows = list_components()
     listed = {kind: [name for k, name, _ in rows if k == kind] for kind, _, _ in rows}
-    assert listed == {"models": list(MODELS), "losses": list(LOSSES), "priors": list(PRIORS), "architectures": list(ARCHITECTURES),
+    assert listed == {"models": list(MODELS), "losses": list(LOSSES), "priors": list(PRIORS), "posteriors": list(POSTERIORS),
+                      "architectures": list(ARCHITECTURES),
                       "likelihoods": list(LIKELIHOODS), "data sources": list(SOURCES)}
     for _, name, about in rows:
         assert about and "\n" not in about, name
     about = {name: text for _, name, text in rows}
     assert about["gaussian-learned"] != about["gaussian"] and "learned=True" in about["gaussian-learned"]  # a partial
     assert about["mnist"] != about["fashion-mnist"]                   # two instances of one class, each its own line
-    assert about["vae"] == MODELS["vae"].__doc__.strip()
+    assert about["vae"] == " ".join(MODELS["vae"].__doc__.split())
 
 
 def test_describe_takes_the_first_paragraph_of_a_docstring():

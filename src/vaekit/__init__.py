@@ -15,6 +15,7 @@ from .images import image_grid, save_png
 from .likelihoods import LIKELIHOODS
 from .models import MODELS, VAE, AutoEncoder, build_model
 from .objectives import LOSSES, LossContext, ae_loss, elbo
+from .posteriors import POSTERIORS
 from .priors import PRIORS
 from .resolve import resolve
 from . import plots

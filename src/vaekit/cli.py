@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="the new folder to write; train with --data prepared --path OUT")
     _common(pr)
 
-    ls = sub.add_parser("list", help="the registered models, losses, priors, architectures, likelihoods and data sources")
+    ls = sub.add_parser("list", help="the registered models, losses, priors, posteriors, architectures, likelihoods and data sources")
     _common(ls)
     return p
 

@@ -136,7 +136,14 @@ class ModelConfig:
                                     "discretised-logistic (8-bit images)",
                                     default_text="bernoulli; gaussian-learned for tables (--data csv)")
     obs_std: float = option(0.1, "gaussian likelihoods: sigma (gaussian-learned: its starting value)")
-    prior: str = option("standard", "p(z): standard (N(0, I)); see `vaekit list`")
+    prior: str = option("standard", "p(z): standard (N(0, I)), mog (a learned mixture of Gaussians) or vamp (the "
+                        "VampPrior); see `vaekit list`")
+    prior_components: int | None = option(None, "mog: mixture components; vamp: pseudo-inputs", metavar="K",
+                                          default_text="mog 10, vamp 500")
+    posterior: str = option("gaussian", "q(z|x): gaussian (diagonal), or iaf (the Gaussian then inverse autoregressive "
+                            "flow steps); see `vaekit list`")
+    flow_steps: int = option(2, "iaf: flow steps after the Gaussian")
+    flow_hidden: int = option(256, "iaf: width of each step's autoregressive network")
     num_classes: int = option(0, "cvae: label classes, filled in from the data", cli=False)
     codebook_size: int = option(128, "vqvae: K, the codes in the codebook", metavar="K")
     code_dim: int = option(8, "vqvae: E, the numbers per code", metavar="E")
@@ -146,8 +153,9 @@ class ModelConfig:
         check_types(ModelConfig, self)
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
         object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
-        for name in ("latent_dim", "obs_std", "codebook_size", "code_dim"):
+        for name in ("latent_dim", "obs_std", "codebook_size", "code_dim", "flow_steps", "flow_hidden"):
             _check_positive(ModelConfig, self, name)
+        _check_positive(ModelConfig, self, "prior_components", optional=True)
         _check_positive(ModelConfig, self, "num_classes", allow_zero=True)
         if min(self.hidden_dims + self.input_shape, default=1) <= 0:
             raise impossible(ModelConfig, "hidden_dims", self.hidden_dims, "layer sizes must be > 0")

@@ -16,7 +16,7 @@ from .checkpoint import load_model
 from .config import TrainConfig
 from .data import Dataset, batches, load_run_data, shard_batches
 from .distributed import ALONE, World
-from .distributions import DiagonalGaussian, batch_shard
+from .distributions import batch_shard
 from .errors import ConfigError
 from .graph_rewrites import compile_for_evaluation
 from .objectives import LossContext, get_loss, log_weights_at, posterior
@@ -92,8 +92,8 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
         for start in range(0, k, chunk):
             with autocast(xb.device, precision):
                 # eps drawn eagerly: torch.randn is 6x faster than the generator torch.compile inlines
-                eps = torch.randn((min(chunk, k - start), *q.mu.shape), device=xb.device)   # (chunk, B, D)
-                log_w, log_px_z = log_w_fn(bound, q.mu, q.logvar, xb, eps)   # (chunk, B) each
+                eps = torch.randn((min(chunk, k - start), *q.noise_shape), device=xb.device)   # (chunk, B, D)
+                log_w, log_px_z = log_w_fn(bound, q, xb, eps)   # (chunk, B) each
             lse = torch.logaddexp(lse, torch.logsumexp(log_w.double(), dim=0))
             sum_log_px_z += log_px_z.double().sum(0)
             sum_log_w += log_w.double().sum(0)
@@ -101,7 +101,7 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
         recon[rows] = -sum_log_px_z / k
         closed = prior.kl(q)   # else the Monte Carlo KL from the same samples: log q - log p = log p(x|z) - log w
         kl[rows] = closed.double() if closed is not None else (sum_log_px_z - sum_log_w) / k
-        mu[rows] = q.mu.float()
+        mu[rows] = q.mode.float()
     model.train(was_training)
     nll = -log_px
     n_dims = math.prod(ds.shape)
@@ -111,10 +111,10 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
             "latent_dim": mu.shape[1], "seconds": time.perf_counter() - t0, "per_example_nll": nll}
 
 
-def _log_w(model, mu: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor, eps: torch.Tensor):
-    """log w = log p(x|z) + log p(z) - log q(z|x) and log p(x|z) at z = mu + sigma * eps, eps (k, B, D): (k, B) each."""
-    q = DiagonalGaussian(mu, logvar)
-    log_px_z, log_pz, log_qz = log_weights_at(model, q, x, q.reparameterise(eps))
+def _log_w(model, q, x: torch.Tensor, eps: torch.Tensor):
+    """log w = log p(x|z) + log p(z) - log q(z|x) and log p(x|z) at the samples of q with noise eps (k, B, D):
+    (k, B) each."""
+    log_px_z, log_pz, log_qz = log_weights_at(model, x, *q.reparameterise_with_log_prob(eps))
     return log_px_z + log_pz - log_qz, log_px_z
 
 
@@ -129,7 +129,7 @@ def _log_w_function(compiled: bool, model, ds: Dataset, precision: str, batch_si
     try:
         with autocast(x.device, precision):
             q = posterior(model.given(y), x)
-            fn(model.given(y), q.mu, q.logvar, x, torch.zeros(chunk, *q.mu.shape, device=x.device))
+            fn(model.given(y), q, x, torch.zeros(chunk, *q.noise_shape, device=x.device))
     except Exception as e:  # no C++ compiler, unsupported backend...: same numbers, eager speed
         warnings.warn(f"torch.compile failed ({type(e).__name__}); estimating log p(x) without it", stacklevel=2)
         return _log_w

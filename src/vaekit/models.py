@@ -16,6 +16,7 @@ from .distributions import DiagonalGaussian, PointMass
 from .errors import ConfigError
 from .likelihoods import get_likelihood
 from .nets import ARCHITECTURES, grid_size
+from .posteriors import build_posterior
 from .priors import build_prior
 from .vq import CodePrior, Quantised, VectorQuantiser, codebook_usage, fit_code_prior
 
@@ -43,13 +44,18 @@ class LatentModel(nn.Module):
             raise unknown(ModelConfig, "arch", config.arch, ARCHITECTURES)
         self.config = config
         self.likelihood = get_likelihood(config.likelihood)(config)
+        self.q_head = self.build_posterior(config)   # before the nets: it says how many numbers the encoder emits
         self.encoder, self.decoder = ARCHITECTURES[config.arch](
             config, self.encoder_size, self.likelihood.params_per_feature,
             z_size=self.z_size, cond_dim=config.num_classes if self.conditional else 0, grid_dim=self.grid_dim)
         self.latent_prior = self.build_prior(config)
 
     def build_prior(self, config: ModelConfig) -> nn.Module | None:
-        return build_prior(config)
+        return build_prior(config, self)
+
+    def build_posterior(self, config: ModelConfig) -> nn.Module | None:
+        """The head that turns the encoder's output into q(z|x) (vaekit.posteriors); None: the encoder's output is the code."""
+        return None
 
     # ---- hooks: nothing by default
     def validation_extras(self, val: Dataset) -> dict[str, float]:
@@ -167,15 +173,27 @@ class AutoEncoder(LatentModel):
 
 
 class VAE(LatentModel):
-    """q(z|x) = N(mu(x), diag(exp(logvar(x)))), p(z) from the prior registry, N(0, I) by default (Kingma & Welling 2014)."""
+    """q(z|x) from the posterior registry (N(mu(x), diag(exp(logvar(x)))) by default), p(z) from the prior registry
+    (N(0, I) by default) (Kingma & Welling 2014)."""
 
-    encoder_outputs = 2
     stochastic = True
     default_loss = "elbo"
+    reads = ("prior", "posterior")
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)  # (B, D) each
-        return DiagonalGaussian(mu, logvar)
+    def build_posterior(self, config: ModelConfig) -> nn.Module:
+        return build_posterior(config)
+
+    @property
+    def encoder_outputs(self) -> int:
+        return self.q_head.outputs_per_dim
+
+    def encode(self, x: torch.Tensor):
+        return self.q_head(self.encoder(x))
+
+    def gaussian_posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        """The diagonal Gaussian part of q(z|x) (before any flow): what the VampPrior mixes."""
+        q = self.encode(x)
+        return getattr(q, "base", q)
 
 
 class ConditionalVAE(VAE):
@@ -195,9 +213,8 @@ class ConditionalVAE(VAE):
             check_labels(y, self.config.num_classes)   # says that a label is needed
         return label_code(y, self.config.num_classes, lead, self.device)
 
-    def encode(self, x: torch.Tensor, y=None) -> DiagonalGaussian:
-        mu, logvar = self.encoder(x, self.code(y, x.shape[:1])).chunk(2, dim=-1)
-        return DiagonalGaussian(mu, logvar)
+    def encode(self, x: torch.Tensor, y=None):
+        return self.q_head(self.encoder(x, self.code(y, x.shape[:1])))
 
     def decode(self, z: torch.Tensor, y=None):
         c = self.code(y, z.shape[:-1])                   # (..., K): z may carry a leading sample dimension

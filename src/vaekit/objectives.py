@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from .config import TrainConfig, field_ref, unknown
-from .distributions import DiagonalGaussian
 from .errors import ConfigError
 from .vq import Quantised
 
@@ -102,22 +101,23 @@ def iwae(model, x: torch.Tensor, ctx: LossContext) -> dict[str, torch.Tensor]:
     return {"loss": -bound, "recon": -log_px_z.mean(0), "kl": (log_qz - log_pz).mean(0)}
 
 
-def posterior(model, x: torch.Tensor) -> DiagonalGaussian:
-    """q(z|x), insisting that it is a distribution (not an auto-encoder's point code)."""
+def posterior(model, x: torch.Tensor):
+    """q(z|x), insisting that it is a distribution (not an auto-encoder's point code): a DiagonalGaussian or another
+    of vaekit.posteriors."""
     q = model.encode(x)
-    if not isinstance(q, DiagonalGaussian):
+    if not hasattr(q, "rsample_with_log_prob"):
         raise ConfigError(f"this loss needs a stochastic encoder; model {model.config.model!r} has none (use --model vae)")
     return q
 
 
-def log_weights(model, q: DiagonalGaussian, x: torch.Tensor, k: int):
+def log_weights(model, q, x: torch.Tensor, k: int):
     """For k samples z ~ q: log p(x|z), log p(z), log q(z|x), each (k, B)."""
-    return log_weights_at(model, q, x, q.rsample(k))                # z (k, B, D)
+    return log_weights_at(model, x, *q.rsample_with_log_prob(k))    # z (k, B, D)
 
 
-def log_weights_at(model, q: DiagonalGaussian, x: torch.Tensor, z: torch.Tensor):
-    """log p(x|z), log p(z), log q(z|x) at given samples z (k, B, D): each (k, B)."""
-    return model.decode(z).log_prob(x), model.prior().log_prob(z), q.log_prob(z)
+def log_weights_at(model, x: torch.Tensor, z: torch.Tensor, log_qz: torch.Tensor):
+    """log p(x|z), log p(z), log q(z|x) at samples z (k, B, D) of q with their log q(z|x): each (k, B)."""
+    return model.decode(z).log_prob(x), model.prior().log_prob(z), log_qz
 
 
 @reads()

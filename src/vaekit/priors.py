@@ -4,16 +4,20 @@ A prior is an nn.Module (so a learned prior's parameters train and are saved wit
 with `log_prob(z)` (one value per example and sample), `sample(n, temperature)`, a `name` that
 figures and captions print, and `kl(q)`: KL(q(z|x) || p(z)) in closed form, or None where there
 is none (the losses then estimate it by Monte Carlo, log q(z|x) - log p(z) on the same samples).
+A prior that needs the model (the VampPrior reads the encoder) says `needs_model = True` and is built with
+it; a learned prior (`learned = True`) trains through the KL term, so it needs a model that has one.
 A new prior is one class here and one line in PRIORS.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .config import ModelConfig, field_ref
-from .distributions import DiagonalGaussian
+from .distributions import DiagonalGaussian, mixture_log_prob
 from .errors import ConfigError
 
 
@@ -49,15 +53,97 @@ class StandardNormal(nn.Module):
         return DiagonalGaussian(q.mu, q.logvar, event_ndim=0).kl() if isinstance(q, DiagonalGaussian) else None
 
 
+class GaussianMixture(nn.Module):
+    """Base of the mixture priors: p(z) = sum_k w_k N(z; mu_k, diag(sigma_k^2)); no closed-form KL (Monte Carlo)."""
+
+    closed_form_kl = False
+    unit_sd = None              # not isotropic: figures draw no circles
+    learned = True
+    reads = ("prior_components",)
+
+    def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mu (K, D), logvar (K, D), log w (K,)."""
+        raise NotImplementedError
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return mixture_log_prob(z, *self.components())
+
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """(n, latent_dim): a component k ~ w, then N(mu_k, temperature^2 sigma_k^2)."""
+        with torch.no_grad():
+            mu, logvar, log_w = (t.float() for t in self.components())
+            k = torch.multinomial(log_w.softmax(0), n, replacement=True)
+            return mu[k] + temperature * torch.exp(0.5 * logvar[k]) * torch.randn(n, mu.shape[1], device=mu.device)
+
+    def kl(self, q) -> None:
+        return None
+
+    def kl_per_dim(self, q) -> None:
+        return None
+
+
+class MixtureOfGaussians(GaussianMixture):
+    """A mixture of K diagonal Gaussians with learned weights, means and variances (--prior-components K, default 10)."""
+
+    default_components = 10
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        k, d = config.prior_components or self.default_components, config.latent_dim
+        self.name = f"a mixture of {k} Gaussians"
+        self.logits = nn.Parameter(torch.zeros(k))
+        self.mu = nn.Parameter(torch.randn(k, d))     # spread like N(0, I)'s draws, so the components start apart
+        self.logvar = nn.Parameter(torch.zeros(k, d))
+
+    def components(self):
+        return self.mu, self.logvar, self.logits.log_softmax(0)
+
+
+class VampPrior(GaussianMixture):
+    """The VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z|u_k), the posterior at K learned pseudo-inputs
+    u_k (--prior-components K, default 500); with a flow posterior, its Gaussian part."""
+
+    default_components = 500
+    needs_model = True
+
+    def __init__(self, config: ModelConfig, model):
+        super().__init__()
+        if model.conditional or not hasattr(model, "gaussian_posterior"):
+            raise ConfigError(f"the VampPrior mixes q(z|u) at pseudo-inputs u, which model {config.model!r} cannot give "
+                              "(it needs an unconditional model with a posterior): use --prior mog")
+        k = config.prior_components or self.default_components
+        self.name = f"VampPrior, {k} pseudo-inputs"
+        # pseudo-inputs start as near-blank inputs and stay inside the likelihood's support (images: [0, 1])
+        self.support = getattr(model.likelihood, "support", None)
+        self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(k, *config.input_shape))
+        # the model's method, not a sub-module: the encoder's weights are the model's, saved once
+        self._posterior_at = model.gaussian_posterior
+
+    def inputs(self) -> torch.Tensor:
+        u = self.pseudo_inputs
+        return u if self.support is None else u.clamp(*self.support)
+
+    def components(self):
+        q = self._posterior_at(self.inputs())
+        k = q.mu.shape[0]
+        return q.mu, q.logvar, torch.full((k,), -math.log(k), device=q.mu.device)
+
+
 PRIORS = {
     "standard": StandardNormal,
+    "mog": MixtureOfGaussians,
+    "vamp": VampPrior,
 }
 
 
-def build_prior(config: ModelConfig) -> nn.Module:
+def build_prior(config: ModelConfig, model=None) -> nn.Module:
+    """The config's prior for `model` (the priors that read the model get it; learned ones need a KL to learn from)."""
     try:
         cls = PRIORS[config.prior]
     except KeyError:
         raise ConfigError(f"prior {config.prior!r} is unknown ({field_ref(ModelConfig, 'prior')}); "
                           f"choose one of {', '.join(PRIORS)}") from None
-    return cls(config)
+    if getattr(cls, "learned", False) and model is not None and not model.stochastic:
+        raise ConfigError(f"the prior {config.prior!r} is learned through the KL term, and model {config.model!r} has "
+                          "none: use --model vae, or --prior standard")
+    return cls(config, model) if getattr(cls, "needs_model", False) else cls(config)

@@ -20,6 +20,7 @@ from .likelihoods import LIKELIHOODS, get_likelihood
 from .models import MODELS, model_class
 from .nets import ARCHITECTURES
 from .objectives import LOSSES, get_loss
+from .posteriors import POSTERIORS
 from .priors import PRIORS
 from .sources import SOURCES, default_likelihood
 
@@ -57,7 +58,7 @@ def chosen_components(config: RunConfig) -> dict[str, object]:
     """What the config picks from each registry (plus the schedule), by kind."""
     lookups = {"model": (MODELS, config.model.model), "loss": (LOSSES, config.train.loss),
                "likelihood": (LIKELIHOODS, config.model.likelihood), "architecture": (ARCHITECTURES, config.model.arch),
-               "prior": (PRIORS, config.model.prior)}
+               "prior": (PRIORS, config.model.prior), "posterior": (POSTERIORS, config.model.posterior)}
     chosen = {kind: registry[name] for kind, (registry, name) in lookups.items() if name in registry}
     chosen["schedule"] = _Schedule(SCHEDULE_READS.get(config.train.schedule, ()))
     return chosen
@@ -72,7 +73,7 @@ def _all_readers() -> dict[str, list[str]]:
     """field -> ['loss capacity', 'model vqvae', ...]: every registered component that reads it."""
     readers: dict[str, list[str]] = {}
     for kind, registry in (("model", MODELS), ("loss", LOSSES), ("likelihood", LIKELIHOODS),
-                           ("architecture", ARCHITECTURES), ("prior", PRIORS)):
+                           ("architecture", ARCHITECTURES), ("prior", PRIORS), ("posterior", POSTERIORS)):
         for name, entry in registry.items():
             for f in reads_of(entry):
                 readers.setdefault(f, []).append(f"{kind} {name}")
@@ -83,8 +84,8 @@ def _all_readers() -> dict[str, list[str]]:
 
 
 def check_applicable(config: RunConfig) -> None:
-    """Refuse an option that does nothing with the chosen model, loss, likelihood, architecture, prior and
-    schedule; also a closed-form KL demanded where the prior has none."""
+    """Refuse an option that does nothing with the chosen model, loss, likelihood, architecture, prior, posterior
+    and schedule; also a closed-form KL demanded where the prior has none."""
     read = {f for entry in chosen_components(config).values() for f in reads_of(entry)}
     defaults = {f.name: (section, f.default) for section in (ModelConfig, TrainConfig) for f in dataclasses.fields(section)}
     for f, users in _all_readers().items():
@@ -107,6 +108,9 @@ def check_names(config: RunConfig) -> None:
     if config.train.loss is not None:     # None: the model's own
         get_loss(config.train.loss)
     get_likelihood(config.model.likelihood)
+    for field, registry in (("prior", PRIORS), ("posterior", POSTERIORS)):
+        if getattr(config.model, field) not in registry:
+            raise unknown(ModelConfig, field, getattr(config.model, field), registry)
     if config.data.source not in SOURCES:
         raise unknown(DataConfig, "source", config.data.source, SOURCES)
 
