@@ -153,15 +153,15 @@ def test_a_torchrun_restart_goes_on_from_the_last_checkpoint(tmp_path):
 
 
 def _variants():
-    return [(m, loss) for m, loss in every_variant() if m != "vqvae"]   # the VQ-VAE's statistics need the process group
+    return [v for v in every_variant() if v[0] != "vqvae"]   # the VQ-VAE's statistics need the process group
 
 
-@pytest.mark.parametrize(("name", "loss"), _variants())
+@pytest.mark.parametrize(("name", "loss", "prior", "posterior"), _variants())
 @pytest.mark.parametrize("n", [8, 7])
-def test_every_variant_s_rows_add_up_to_the_whole_batch(name, loss, n):
+def test_every_variant_s_rows_add_up_to_the_whole_batch(name, loss, prior, posterior, n):
     """Without a process group: two processes' rows of a batch, each with its noise drawn for the whole batch and
     its loss scaled by world / n, give gradients whose average (what DDP computes) is the whole batch's."""
-    model, x, y = _model_and_batch(name)
+    model, x, y = _model_and_batch(name, prior, posterior)
     x, y = x[:n], y[:n]
     ctx = LossContext(TrainConfig(loss=loss, mc_samples=2 if loss == "iwae" else 1, precision="fp32"), 0.5, 40)
     terms_of = LossTerms(model, get_loss(loss), "fp32")

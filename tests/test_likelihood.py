@@ -3,6 +3,7 @@ a linear-Gaussian VAE (probabilistic PCA), p(z) = N(0, I), p(x|z) = N(Wz + b, s^
 p(x) = N(b, W W^T + s^2 I). W has orthogonal columns, which makes the true posterior
 N(M^-1 W^T (x - b), s^2 M^-1), M = W^T W + s^2 I, diagonal: our encoder can represent it."""
 
+import dataclasses
 import math
 
 import pytest
@@ -135,3 +136,32 @@ def test_bf16_moves_the_reported_likelihood_by_less_than_its_noise(tmp_path):
     diff = abs(results["bf16"]["nll"] - results["fp32"]["nll"])
     assert diff < 0.1 * results["fp32"]["nll_se"], (diff, results["fp32"]["nll_se"])
     print(f"bf16 - fp32: {diff:.4f} nats, standard error {results['fp32']['nll_se']:.3f}")
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_mixture_prior_enters_the_estimate_exactly(compile):
+    """PPCA with its prior written as a mixture of two N(0, I) components: still the exact posterior, so the
+    estimate is exact at any k, eager and compiled (the mixture density is the one log p(z) the estimate uses)."""
+    model, ds, exact = ppca()
+    mixed = build_model(dataclasses.replace(model.config, prior="mog", prior_components=2))
+    state = model.state_dict()
+    with torch.no_grad():
+        mixed.latent_prior.mu.zero_()
+        mixed.latent_prior.logvar.zero_()
+        mixed.latent_prior.logits.copy_(torch.tensor([0.3, -1.0]))
+    mixed.load_state_dict({**state, **{f"latent_prior.{k}": v for k, v in mixed.latent_prior.state_dict().items()}})
+    r = log_likelihood(mixed.eval(), ds, k=3, compile=compile)
+    torch.testing.assert_close(-r["per_example_nll"].float(), exact, atol=2e-4, rtol=1e-5)
+
+
+def test_the_compiled_estimate_with_a_flow_and_a_vampprior_is_the_eager_one():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(input_shape=(1, 4, 4), latent_dim=3, hidden_dims=(8,), prior="vamp", prior_components=5,
+                                    posterior="iaf", flow_hidden=8)).eval()
+    ds = Dataset(torch.rand(6, 1, 4, 4))
+    torch.manual_seed(1)
+    eager = log_likelihood(model, ds, k=40, compile=False)
+    torch.manual_seed(1)
+    compiled = log_likelihood(model, ds, k=40, compile=True)
+    torch.testing.assert_close(compiled["per_example_nll"], eager["per_example_nll"], atol=1e-3, rtol=1e-5)
+    assert eager["nll"] <= eager["neg_elbo"] + 1e-6 and eager["kl"] > 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import synthetic_splits
-from vaekit import MODELS, ModelConfig, RunConfig, TrainConfig, fit
+from vaekit import MODELS, POSTERIORS, PRIORS, ModelConfig, RunConfig, TrainConfig, fit
 from vaekit import step as step_module
 from vaekit.checkpoint import load_model
 from vaekit.cli import main
@@ -23,18 +23,21 @@ SHAPE = (1, 6, 6)
 
 
 def _variants():
-    """Every model with every loss it can train with (a loss it cannot take is refused, not tried)."""
+    """Every model with every loss it can train with (a loss it cannot take is refused, not tried), with N(0, I) and
+    the Gaussian posterior; and the VAE's ELBO and IWAE with every other prior and posterior."""
     out = []
     for name, cls in MODELS.items():
         for loss in LOSSES:
             if loss == cls.default_loss or (cls.stochastic and not cls.discrete and loss in ("elbo", "iwae", "capacity")):
-                out.append((name, loss))
-    return out
+                out.append((name, loss, "standard", "gaussian"))
+    return out + [("vae", loss, prior, posterior) for loss in ("elbo", "iwae") for prior in PRIORS for posterior in POSTERIORS
+                  if (prior, posterior) != ("standard", "gaussian")]
 
 
-def _model_and_batch(name: str):
+def _model_and_batch(name: str, prior: str = "standard", posterior: str = "gaussian"):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(model=name, latent_dim=2, hidden_dims=(8,), input_shape=SHAPE, num_classes=3))
+    model = build_model(ModelConfig(model=name, latent_dim=2, hidden_dims=(8,), input_shape=SHAPE, num_classes=3,
+                                    prior=prior, posterior=posterior))
     data = synthetic_splits(SHAPE, n=48)
     return model, data.train.x[:8], data.train.y[:8]
 
@@ -47,12 +50,12 @@ def _grads_after(model, run) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return sums, [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
 
 
-@pytest.mark.parametrize(("name", "loss"), _variants())
-def test_every_variant_gives_the_same_numbers_compiled(monkeypatch, name, loss):
+@pytest.mark.parametrize(("name", "loss", "prior", "posterior"), _variants())
+def test_every_variant_gives_the_same_numbers_compiled(monkeypatch, name, loss, prior, posterior):
     monkeypatch.setattr(step_module, "BACKEND", "aot_eager")   # the graphs torch.compile captures, without codegen
     tcfg = TrainConfig(loss=loss, mc_samples=2 if loss == "iwae" else 1, precision="fp32")
     ctx = LossContext(tcfg, 0.5, 40)
-    model, x, y = _model_and_batch(name)
+    model, x, y = _model_and_batch(name, prior, posterior)
     eager = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=False)
     compiled = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=True, log=pytest.fail)   # no fallback
     sums_e, grads_e = _grads_after(model, lambda: eager(x, y, ctx))

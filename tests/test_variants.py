@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vaekit import LIKELIHOODS, MODELS, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data, plots
+from vaekit import LIKELIHOODS, MODELS, POSTERIORS, PRIORS, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data, plots
 from vaekit.checkpoint import load_model
 from vaekit.cli import main
 from vaekit.errors import ConfigError
@@ -76,6 +76,40 @@ def test_train_reload_evaluate_sample_and_plot(tmp_path, eight_bit, model_name, 
     assert Image.open(png).size[0] > 0
     written = plots.plot_run(run_dir, out=tmp_path / "figures", log=None)
     assert set(written.written) | set(written.skipped) == set(plots.KINDS)
+    assert {"samples", "reconstructions", "curves"} <= set(written.written)
+
+
+COMBINATIONS = [(m, prior, post) for m in MODELS for prior in PRIORS for post in POSTERIORS
+                if (prior, post) != ("standard", "gaussian")]   # that one: every model in the test above
+
+
+@pytest.mark.parametrize(("model_name", "prior", "posterior"), COMBINATIONS)
+def test_every_prior_and_posterior_with_every_model(tmp_path, eight_bit, model_name, prior, posterior):
+    """Each prior x posterior x model trains, reloads, estimates log p(x), samples and plots, or is refused in one
+    line where it cannot apply (a point code has no KL to learn a prior from, nor a posterior to flow)."""
+    data_cfg, data = eight_bit
+    cls = MODELS[model_name]
+    model_cfg = ModelConfig(model=model_name, latent_dim=2, hidden_dims=(16,), prior=prior, posterior=posterior,
+                            **({"prior_components": 3} if prior != "standard" else {}),
+                            **({"flow_hidden": 8} if posterior == "iaf" else {}))
+    config = RunConfig(model_cfg, data_cfg, TrainConfig(epochs=1, batch_size=32, precision="fp32",
+                                                        **({"prior_epochs": 1} if cls.discrete else {})))
+    usable = cls.stochastic and not cls.discrete and not (prior == "vamp" and cls.conditional)
+    if not usable:
+        with pytest.raises(ConfigError) as refused:
+            fit(config, tmp_path / "run", data=data, progress=False, log=lambda s: None)
+        assert "\n" not in str(refused.value) and not (tmp_path / "run" / "checkpoint").exists()
+        return
+    result = fit(config, tmp_path / "run", data=data, progress=False, log=lambda s: None)
+    assert math.isfinite(result.history[-1]["train_loss"])
+    model, loaded, _ = load_model(result.run_dir)
+    assert (loaded.model.prior, loaded.model.posterior) == (prior, posterior)
+    for a, b in zip(result.model.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    report = evaluate_run(result.run_dir, nll_k=4)
+    assert report["likelihood"]["nll"] <= report["likelihood"]["neg_elbo"] + 1.0
+    assert Image.open(sample_run(result.run_dir, n=6, out=tmp_path / "s.png")).size[0] > 0
+    written = plots.plot_run(result.run_dir, out=tmp_path / "figures", log=None)
     assert {"samples", "reconstructions", "curves"} <= set(written.written)
 
 

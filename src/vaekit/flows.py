@@ -64,10 +64,11 @@ class IAFStep(nn.Module):
 
     def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z (..., D), h (B, C) broadcast against z's leading dims -> (new z (..., D), log |det dz'/dz| (...))."""
-        m, s = self.out(F.elu(self.inputs(z) + self.context(h))).float().chunk(2, dim=-1)
+        wide = torch.promote_types(z.dtype, torch.float32)   # the gate and log |det| in float32 under bf16 autocast
+        m, s = self.out(F.elu(self.inputs(z) + self.context(h))).to(wide).chunk(2, dim=-1)
         log_gate = F.logsigmoid(s)
         gate = log_gate.exp()
-        return gate * z.float() + (1 - gate) * m, log_gate.sum(-1)
+        return gate * z.to(wide) + (1 - gate) * m, log_gate.sum(-1)
 
 
 class InverseAutoregressiveFlow(nn.Module):
@@ -79,7 +80,10 @@ class InverseAutoregressiveFlow(nn.Module):
 
     def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z_0 (..., D) -> (z_T, sum over steps of log |det|, (...))."""
-        log_det = torch.zeros(z.shape[:-1], device=z.device)
+        if not torch.is_autocast_enabled(z.device.type):   # e.g. bf16 codes from an autocast encoder, used after it
+            dtype = self.steps[0].out.weight.dtype if len(self.steps) else z.dtype
+            z, h = z.to(dtype), h.to(dtype)
+        log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=torch.promote_types(z.dtype, torch.float32))
         for t, step in enumerate(self.steps):
             if t:
                 z = z.flip(-1)
