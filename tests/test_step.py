@@ -101,6 +101,41 @@ def test_a_failed_compile_falls_back_to_the_eager_step(monkeypatch):
     assert torch.equal(sums_fallback, sums_eager)
 
 
+@pytest.mark.parametrize(("loss", "schedule"), [("elbo", {"kl_warmup_epochs": 1.0}), ("capacity", {"capacity_epochs": 1.0})])
+def test_a_schedule_that_moves_every_step_is_one_graph(monkeypatch, loss, schedule):
+    """The KL warm-up and the capacity ramp read the epoch, which changes every step: one compilation serves them
+    all (a float epoch was a graph constant: a recompilation per step, then eager after torch's limit of 8)."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    monkeypatch.setattr(step_module, "BACKEND", counting_backend)
+    model, x, _ = _model_and_batch("vae")
+    tcfg = TrainConfig(loss=loss, precision="fp32", **schedule)
+    compiled = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=True, log=pytest.fail)
+    eager = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=False)
+    for epoch in (0.1, 0.2, 0.35, 0.5, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0):
+        ctx = LossContext(tcfg, epoch, 40)
+        sums_c, _ = _grads_after(model, lambda ctx=ctx: compiled(x, None, ctx))
+        sums_e, _ = _grads_after(model, lambda ctx=ctx: eager(x, None, ctx))
+        torch.testing.assert_close(sums_c, sums_e, rtol=1e-5, atol=1e-5)   # the loss follows the schedule
+    assert len(graphs) == 1
+
+
+def test_compiling_right_after_the_background_import_waits_for_it(tmp_path):
+    """vaekit starts importing torch._dynamo in a thread while data loads; a compile in the main thread during that
+    import once raised Python's import _DeadlockError. Fresh interpreters: the compile waits for the import."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from vaekit.runtime import warm_up_compiler; from vaekit.step import _compile; "
+            "warm_up_compiler(); f = _compile(lambda a, b, c, d, e: (a * 2).sum()); print(float(f(torch.ones(3), 0, 0, 0, 0)))")
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and done.stdout.strip() == "6.0", done.stderr[-2000:]
+
+
 def test_a_batch_of_another_size_runs_eagerly(monkeypatch):
     calls = []
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from .runtime import compiler_ready
+
 aten = torch.ops.aten
 TANH_CLAMP = 10.0   # tanh(10) = 1 - 4e-9: 1.0 in float32, and expm1(20) is far from overflow
 
@@ -71,6 +73,7 @@ def rewrite_for_cpu(graph: torch.fx.Graph) -> None:
 def compile_for_evaluation(fn):
     """torch.compile(fn) with the CPU rewrites as Inductor's post-grad pass (plain torch.compile
     where this torch has no custom-pass hook)."""
+    compiler_ready()
     try:
         # a private module of recent torch: tried here, where its absence has a fallback
         from torch._inductor.custom_graph_pass import CustomGraphPass  # noqa: PLC0415

@@ -69,11 +69,19 @@ def kl_divergence(model, q, log_ratio: torch.Tensor, mode: str) -> torch.Tensor:
     return log_ratio.mean(0)
 
 
-def kl_weight(cfg: TrainConfig, epoch: float) -> float:
+def kl_weight(cfg: TrainConfig, epoch: float | torch.Tensor) -> float | torch.Tensor:
     """beta, scaled by min(1, epoch / kl_warmup_epochs) during the warm-up."""
     if cfg.kl_warmup_epochs <= 0:
         return cfg.beta
-    return cfg.beta * min(1.0, epoch / cfg.kl_warmup_epochs)
+    return cfg.beta * ramp(epoch, cfg.kl_warmup_epochs)
+
+
+def ramp(epoch: float | torch.Tensor, epochs: float) -> float | torch.Tensor:
+    """min(1, epoch / epochs). The compiled training step passes the epoch as a 0-d tensor: a Python float would
+    be a constant of the graph, and each step's new value a recompilation."""
+    if isinstance(epoch, torch.Tensor):
+        return torch.clamp(epoch / epochs, max=1.0)
+    return min(1.0, epoch / epochs)
 
 
 @reads("capacity", "capacity_epochs", "gamma", "mc_samples", "kl")
@@ -82,7 +90,7 @@ def capacity(model, x: torch.Tensor, ctx: LossContext) -> dict[str, torch.Tensor
     C rising linearly from 0 to capacity nats over capacity_epochs."""
     cfg = ctx.train
     recon, kl = recon_and_kl(model, x, cfg)
-    c = cfg.capacity * min(1.0, ctx.epoch / cfg.capacity_epochs) if cfg.capacity_epochs > 0 else cfg.capacity
+    c = cfg.capacity * ramp(ctx.epoch, cfg.capacity_epochs) if cfg.capacity_epochs > 0 else cfg.capacity
     return {"loss": recon + cfg.gamma * (kl - c).abs(), "recon": recon, "kl": kl}
 
 

@@ -152,8 +152,20 @@ def _import_dynamo() -> None:
     import torch._dynamo  # noqa: F401, PLC0415  (imported here, in a thread, so that the import overlaps data loading)
 
 
+_IMPORTING: list[threading.Thread] = []   # the background import, if one was started
+
+
 def warm_up_compiler() -> None:
     """torch.compile imports torch._dynamo (about 1 s in torch 2.13): start that import in a background thread
-    now, so it runs while the data load instead of after."""
-    if "torch._dynamo" not in sys.modules:
-        threading.Thread(target=_import_dynamo, name="vaekit-import-dynamo", daemon=True).start()
+    now, so it runs while the data load instead of after. Call compiler_ready() before torch.compile."""
+    if "torch._dynamo" not in sys.modules and not _IMPORTING:
+        thread = threading.Thread(target=_import_dynamo, name="vaekit-import-dynamo", daemon=True)
+        _IMPORTING.append(thread)
+        thread.start()
+
+
+def compiler_ready() -> None:
+    """Wait for warm_up_compiler's import to finish: torch.compile importing the same modules in this thread at the
+    same time is an import deadlock (Python raises _DeadlockError)."""
+    while _IMPORTING:
+        _IMPORTING.pop().join()

@@ -16,6 +16,7 @@ The compiled step keeps the eager step's numbers within rounding: the noise is d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from collections.abc import Callable
 
@@ -26,7 +27,7 @@ from .config import COMPILE_MODES
 from .distributed import ALONE, World
 from .distributions import batch_shard
 from .errors import ConfigError
-from .runtime import autocast
+from .runtime import autocast, compiler_ready
 
 COMPILE_MIN_STEPS = 10_000   # 'auto' compiles a run with at least this many steps left (a minute or more of eager steps)
 BACKEND = "inductor"         # torch.compile's backend (the tests use aot_eager: the same graphs, no code generation)
@@ -97,6 +98,8 @@ class Step:
         if self._compiled_fn is None or len(x) != self.batch_size:
             return forward_backward(self.terms_of, x, y, ctx, scale)
         first, self._tried = not self._tried, True
+        # the epoch as a tensor input: as a float the graph would hold it as a constant and recompile every step
+        ctx = dataclasses.replace(ctx, epoch=torch.tensor(ctx.epoch, dtype=torch.float64))
         try:
             return forward_backward(self.terms_of, x, y, ctx, scale, self._compiled_fn)
         except Exception as e:   # no C++ compiler, an unsupported operation...: the same step, eagerly
@@ -114,6 +117,7 @@ def _compile(fn):
     # fallback_random: torch.randn inside the graph stays the eager generator's, so compiled runs draw the same
     # noise as eager ones and resume exactly; dynamic=False: one graph for the full batch size (the last,
     # smaller batch runs eagerly)
+    compiler_ready()
     if BACKEND != "inductor":
         return torch.compile(fn, dynamic=False, backend=BACKEND)
     return torch.compile(fn, dynamic=False, options={"fallback_random": True})
