@@ -177,4 +177,5 @@ def test_every_variant_s_rows_add_up_to_the_whole_batch(name, loss, prior, poste
             sums += forward_backward(terms_of, x[lo:hi], y[lo:hi], ctx, 2 / n)
     torch.testing.assert_close(sums, whole, rtol=1e-5, atol=1e-5)
     for p, g in zip(model.parameters(), expected, strict=True):
-        torch.testing.assert_close(p.grad / 2, g, rtol=1e-4, atol=1e-6)
+        # float32 rounding, scaled by the gradient's size (the capacity loss multiplies it by gamma = 1000)
+        torch.testing.assert_close(p.grad / 2, g, rtol=1e-4, atol=1e-6 * max(1.0, g.abs().max().item()))

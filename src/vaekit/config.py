@@ -142,6 +142,10 @@ class ModelConfig:
                                           default_text="mog 10, vamp 500")
     posterior: str = option("gaussian", "q(z|x): gaussian (diagonal), or iaf (the Gaussian then inverse autoregressive "
                             "flow steps); see `vaekit list`")
+    upper_latent_dims: tuple[int, ...] = option((50,), "hvae: sizes of the stochastic layers above z_1 (latent_dim)",
+                                                flag="--upper-latent", metavar="N")
+    upper_hidden_dims: tuple[int, ...] = option((50, 50), "hvae: widths of the layers between two stochastic layers",
+                                                flag="--upper-hidden", metavar="N")
     flow_steps: int = option(2, "iaf: flow steps after the Gaussian")
     flow_hidden: int = option(256, "iaf: width of each step's autoregressive network")
     num_classes: int = option(0, "cvae: label classes, filled in from the data", cli=False)
@@ -152,13 +156,17 @@ class ModelConfig:
     def __post_init__(self):
         check_types(ModelConfig, self)
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
-        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
+        for name in ("hidden_dims", "upper_latent_dims", "upper_hidden_dims"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("latent_dim", "obs_std", "codebook_size", "code_dim", "flow_steps", "flow_hidden"):
             _check_positive(ModelConfig, self, name)
         _check_positive(ModelConfig, self, "prior_components", optional=True)
         _check_positive(ModelConfig, self, "num_classes", allow_zero=True)
-        if min(self.hidden_dims + self.input_shape, default=1) <= 0:
-            raise impossible(ModelConfig, "hidden_dims", self.hidden_dims, "layer sizes must be > 0")
+        for name in ("hidden_dims", "upper_latent_dims", "upper_hidden_dims", "input_shape"):
+            if min(getattr(self, name), default=1) <= 0:
+                raise impossible(ModelConfig, name, getattr(self, name), "sizes must be > 0")
+        if not self.upper_latent_dims:
+            raise impossible(ModelConfig, "upper_latent_dims", self.upper_latent_dims, "give at least one layer above z_1")
 
 
 @dataclass(frozen=True)

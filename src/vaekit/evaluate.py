@@ -80,7 +80,7 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
     # the chunks' large freed buffers and fragment glibc's heap (fp32 grew by 0.1 GB/s before this).
     n = len(ds)
     log_px, recon, kl = (torch.empty(n, dtype=torch.float64, device=ds.device) for _ in range(3))
-    mu = torch.empty(n, model.config.latent_dim, device=ds.device)
+    mu = None   # (n, numbers per code), once the first code says how many
     for start_row, (xb, yb) in zip(range(0, n, batch_size), batches(ds, batch_size)):
         rows = slice(start_row, start_row + len(xb))
         bound = model.given(yb)  # a conditional model: log p(x|y)
@@ -101,7 +101,10 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
         recon[rows] = -sum_log_px_z / k
         closed = prior.kl(q)   # else the Monte Carlo KL from the same samples: log q - log p = log p(x|z) - log w
         kl[rows] = closed.double() if closed is not None else (sum_log_px_z - sum_log_w) / k
-        mu[rows] = q.mode.float()
+        code = q.mode.float()
+        if mu is None:
+            mu = torch.empty(n, code.shape[-1], device=ds.device)
+        mu[rows] = code
     model.train(was_training)
     nll = -log_px
     n_dims = math.prod(ds.shape)

@@ -16,7 +16,8 @@ from .distributions import DiagonalGaussian, PointMass
 from .errors import ConfigError
 from .likelihoods import get_likelihood
 from .nets import ARCHITECTURES, grid_size
-from .posteriors import build_posterior
+from .hierarchy import HierarchicalPosterior, build_hierarchy
+from .posteriors import GaussianPosterior, build_posterior
 from .priors import build_prior
 from .vq import CodePrior, Quantised, VectorQuantiser, codebook_usage, fit_code_prior
 
@@ -72,6 +73,15 @@ class LatentModel(nn.Module):
 
     def describe_latent(self) -> str:
         return f"latent_dim={self.config.latent_dim}"
+
+    @property
+    def shown_latent_dim(self) -> int:
+        """The size of the codes figures show (and decode: grids, traversals): latent_dim."""
+        return self.config.latent_dim
+
+    def shown(self, z: torch.Tensor) -> torch.Tensor:
+        """The part of a code (..., all latent numbers) that figures show: all of it."""
+        return z
 
     grid_dim = 0  # > 0: a conv encoder/decoder with grid_dim numbers per position of the last feature map (VQ-VAE)
 
@@ -194,6 +204,42 @@ class VAE(LatentModel):
         """The diagonal Gaussian part of q(z|x) (before any flow): what the VampPrior mixes."""
         q = self.encode(x)
         return getattr(q, "base", q)
+
+
+class HierarchicalVAE(VAE):
+    """Two or more stochastic layers (Burda et al. 2016): p(x|z_1) p(z_1|z_2) ... p(z_L), q(z_1|x) q(z_2|z_1) ...;
+    latent_dim is z_1, --upper-latent the sizes above it, --upper-hidden the widths between them; figures show z_L."""
+
+    reads = ("prior", "upper_latent_dims", "upper_hidden_dims")
+
+    def build_posterior(self, config: ModelConfig) -> nn.Module:
+        return GaussianPosterior(config)   # q(z_1|x); the layers above it come with the prior
+
+    def build_prior(self, config: ModelConfig) -> nn.Module:
+        self.up, prior = build_hierarchy(self, config, build_prior)
+        return prior
+
+    def describe_latent(self) -> str:
+        return "stochastic layers " + " -> ".join(map(str, self.latent_prior.sizes))
+
+    def encode(self, x: torch.Tensor) -> HierarchicalPosterior:
+        return HierarchicalPosterior(self.q_head(self.encoder(x)), self.up, self.latent_prior.sizes)
+
+    def gaussian_posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        return self.encode(x).top()
+
+    def decode(self, z: torch.Tensor):
+        """z: all layers [z_1, ..., z_L], or a top-layer code z_L alone (figures), decoded through the means below."""
+        if z.shape[-1] == self.shown_latent_dim:
+            z = self.latent_prior.descend(z)
+        return self.likelihood(self.decoder(z[..., :self.config.latent_dim]))
+
+    @property
+    def shown_latent_dim(self) -> int:
+        return self.latent_prior.sizes[-1]
+
+    def shown(self, z: torch.Tensor) -> torch.Tensor:
+        return z[..., -self.shown_latent_dim:]
 
 
 class ConditionalVAE(VAE):
@@ -354,6 +400,7 @@ MODELS = {
     "ae": AutoEncoder,
     "vae": VAE,
     "cvae": ConditionalVAE,
+    "hvae": HierarchicalVAE,
     "vqvae": VQVAE,
 }
 

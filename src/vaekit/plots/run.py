@@ -100,7 +100,8 @@ class Run:
 
     @property
     def latent_dim(self) -> int:
-        return self.config.model.latent_dim
+        """The size of the codes figures show (a hierarchical model's top layer)."""
+        return self.model.shown_latent_dim
 
     @property
     def kind(self) -> str:
@@ -182,7 +183,7 @@ class Run:
         with torch.no_grad():
             for xb, yb in batches(self.test, 1000):
                 q = self.model.given(yb).encode(xb)
-                mus.append(q.mode.float())
+                mus.append(self.model.shown(q.mode).float())
                 kl = prior.kl_per_dim(q) if self.uses_kl else None   # (B, D) where the prior has one per dimension
                 if kl is not None:
                     kls.append(kl)
