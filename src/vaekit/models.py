@@ -14,9 +14,9 @@ from .config import ModelConfig, TrainConfig, unknown
 from .data import Dataset, batches
 from .distributions import DiagonalGaussian, PointMass
 from .errors import ConfigError
+from .hierarchy import HierarchicalPosterior, build_hierarchy
 from .likelihoods import get_likelihood
 from .nets import ARCHITECTURES, grid_size
-from .hierarchy import HierarchicalPosterior, build_hierarchy
 from .posteriors import GaussianPosterior, build_posterior
 from .priors import build_prior
 from .vq import CodePrior, Quantised, VectorQuantiser, codebook_usage, fit_code_prior
