@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="a progress bar (default: only when stderr is a terminal; else one line per epoch)")
     tr.add_argument("--no-report", action="store_true", help="do not write RUN/report.html at the end")
+    tr.add_argument("--tensorboard", action="store_true", help="also log each epoch to RUN/tensorboard/ (metrics, "
+                    "samples, reconstructions, the posterior means' histogram); needs pip install 'vaekit[tensorboard]'")
     _common(tr)
     add_config_flags(tr)
 
@@ -121,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data-dir", help="dataset cache for downloaded sources (default: $VAEKIT_DATA or ~/.cache/vaekit)")
     pr.add_argument("--out", required=True, help="the new folder to write; train with --data prepared --path OUT")
     _common(pr)
+
+    ex = sub.add_parser("export", help="the run's encoder and decoder as ONNX files (checked with onnxruntime) and a "
+                        "JSON file saying what each input and output is")
+    ex.add_argument("run", help="the run folder")
+    ex.add_argument("--format", default="onnx", choices=("onnx",), help="default: onnx")
+    ex.add_argument("--out", required=True, help="a new (or empty) folder for encoder.onnx, decoder.onnx, vaekit-onnx.json")
+    _checkpoint_flag(ex)
+    _common(ex)
 
     ls = sub.add_parser("list", help="the registered models, losses, priors, posteriors, architectures, likelihoods and data sources")
     _common(ls)
@@ -205,7 +215,7 @@ def _train_here(args, world) -> int:
                               "config in its own folder; drop them")
         run_dir = Path(args.resume)
         config = config_from_args(args, base=load_config(run_dir))
-        fit(config, run_dir, resume=True, progress=args.progress)
+        fit(config, run_dir, resume=True, progress=args.progress, hooks=_hooks(args, run_dir, world))
     else:
         config = _new_config(args)
         if world.distributed and not args.run_dir:
@@ -215,15 +225,24 @@ def _train_here(args, world) -> int:
             # torchrun --max-restarts started this command again after a process failed: go on from the last
             # checkpoint (the run's own config; the options may change only as --resume allows)
             config = config_from_args(args, base=load_config(run_dir))
-            fit(config, run_dir, resume=True, progress=args.progress)
+            fit(config, run_dir, resume=True, progress=args.progress, hooks=_hooks(args, run_dir, world))
         else:
-            fit(config, run_dir, progress=args.progress)
+            fit(config, run_dir, progress=args.progress, hooks=_hooks(args, run_dir, world))
     if not world.main:
         return 0
     if not args.no_report:
         write_report(run_dir)
     print(f"run saved in {run_dir}")
     return 0
+
+
+def _hooks(args, run_dir: Path, world) -> list:
+    """The epoch hooks the flags ask for (process 0 alone logs)."""
+    if not args.tensorboard or not world.main:
+        return []
+    from .tensorboard import TensorBoard  # noqa: PLC0415  (torch.utils.tensorboard only when asked for)
+
+    return [TensorBoard(run_dir)]
 
 
 def _eval(args) -> int:
@@ -297,6 +316,14 @@ def _prepare(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import export_onnx  # noqa: PLC0415  (torch.onnx and onnxruntime only for this command)
+
+    out = export_onnx(args.run, args.out, checkpoint=args.checkpoint)
+    print(f"exported {args.run} to {out}: encoder.onnx, decoder.onnx, vaekit-onnx.json")
+    return 0
+
+
 def _list(args) -> int:
     rows = list_components()
     width = max(len(name) for _, name, _ in rows)
@@ -309,7 +336,7 @@ def _list(args) -> int:
 
 COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "demo": _demo,
             "plot": _plot, "compare": _compare, "report": _report, "list": _list,
-            "prepare": _prepare}
+            "prepare": _prepare, "export": _export}
 
 
 def os_error(e: OSError) -> str:

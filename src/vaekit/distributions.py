@@ -68,6 +68,8 @@ def sum_softplus(t: torch.Tensor, event_ndim: int) -> torch.Tensor:
 class DiagonalGaussian:
     """N(mu, diag(exp(logvar))); used for q(z|x), the prior p(z) and Gaussian p(x|z)."""
 
+    exported = ("mu", "logvar")   # what an exported network outputs for it (vaekit.export)
+
     def __init__(self, mu: torch.Tensor, logvar: torch.Tensor, event_ndim: int = 1):
         self.mu, self.event_ndim = mu, event_ndim
         self.logvar = logvar.expand_as(mu) if logvar.shape != mu.shape else logvar
@@ -161,6 +163,8 @@ def mixture_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, lo
 class Bernoulli:
     """p(x|z) = Bernoulli(sigmoid(logits)); log_prob uses the with-logits form for stability."""
 
+    exported = ("logits",)
+
     def __init__(self, logits: torch.Tensor, event_ndim: int = 1):
         self.logits, self.event_ndim = logits, event_ndim
 
@@ -212,6 +216,8 @@ def gaussian_kl(mu0: torch.Tensor, cov0: torch.Tensor, mu1: torch.Tensor, cov1: 
 class PointMass:
     """A deterministic code z (the auto-encoder's 'posterior'): every sample is z itself."""
 
+    exported = ("z",)
+
     def __init__(self, z: torch.Tensor):
         self.z = z
 
@@ -233,6 +239,8 @@ class DiscretisedLogistic:
     """p(x|z) for 8-bit data x in {0, 1/255, ..., 1}: the mass that a logistic(loc, scale) puts on
     the bin of width 1/255 around x, the end bins taking the tails (Salimans et al. 2017, PixelCNN++,
     with one component). A true probability mass, so -log p(x) / (D log 2) is bits/dim."""
+
+    exported = ("loc", "log_scale")
 
     def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor, event_ndim: int = 1, levels: int = 256):
         self.loc, self.log_scale, self.event_ndim, self.levels = loc, log_scale, event_ndim, levels

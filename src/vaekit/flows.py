@@ -96,6 +96,16 @@ class FlowPosterior:
     """q(z|x): a diagonal Gaussian base pushed through a flow with the encoder's context h; samples come with
     log q(z|x) at them (the change of variables), and the mode is the flow applied to the base's mean."""
 
+    exported = ("mu", "logvar", "context", "mode")
+
+    @property
+    def mu(self) -> torch.Tensor:
+        return self.base.mu
+
+    @property
+    def logvar(self) -> torch.Tensor:
+        return self.base.logvar
+
     def __init__(self, base: DiagonalGaussian, flow: InverseAutoregressiveFlow, context: torch.Tensor):
         self.base, self.flow, self.context = base, flow, context
 

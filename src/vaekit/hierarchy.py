@@ -43,6 +43,16 @@ class HierarchicalPosterior:
     """q(z|x) = q(z_1|x) prod_l q(z_{l+1}|z_l) over z = [z_1, ..., z_L]; one noise vector per example covers every
     layer, so sharded and sampled draws follow the same rules as a one-layer posterior."""
 
+    exported = ("mu", "logvar", "mode")   # q(z_1|x)'s parameters, and the chain of means [z_1, ..., z_L]
+
+    @property
+    def mu(self) -> torch.Tensor:
+        return self.first.mu
+
+    @property
+    def logvar(self) -> torch.Tensor:
+        return self.first.logvar
+
     def __init__(self, first: DiagonalGaussian, up: nn.ModuleList, sizes: list[int]):
         self.first, self.up, self.sizes = first, up, sizes
 

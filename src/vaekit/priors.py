@@ -48,6 +48,10 @@ class StandardNormal(nn.Module):
         """KL(q || N(0, I)) = 0.5 sum(mu^2 + sigma^2 - log sigma^2 - 1) (Kingma & Welling 2014, app. B)."""
         return q.kl() if isinstance(q, DiagonalGaussian) else None
 
+    def description_for_export(self) -> dict:
+        return {"kind": "standard_normal", "name": self.name, "dim": self.latent_dim,
+                "sample": "z = randn(dim) per example"}
+
     def kl_per_dim(self, q) -> torch.Tensor | None:
         """(B, D): the KL of each latent dimension, which figures use to order dimensions by use."""
         return DiagonalGaussian(q.mu, q.logvar, event_ndim=0).kl() if isinstance(q, DiagonalGaussian) else None
@@ -80,6 +84,13 @@ class GaussianMixture(nn.Module):
 
     def kl_per_dim(self, q) -> None:
         return None
+
+    def description_for_export(self) -> dict:
+        with torch.no_grad():
+            mu, logvar, log_w = (t.float() for t in self.components())
+        return {"kind": "gaussian_mixture", "name": self.name, "dim": mu.shape[1],
+                "sample": "k ~ Categorical(weights), then z = mu[k] + exp(0.5 * logvar[k]) * randn(dim)",
+                "weights": log_w.exp().tolist(), "mu": mu.tolist(), "logvar": logvar.tolist()}
 
 
 class MixtureOfGaussians(GaussianMixture):

@@ -39,7 +39,7 @@ from .signals import Interrupted, stop_on_signals
 from .step import TERMS, Step, should_compile
 
 RESUMABLE = ("epochs", "max_minutes", "early_stop", "checkpoint_every", "threads", "device", "compile")  # what a resumed run may change
-Hook = Callable[[dict, torch.nn.Module], None]  # called after each epoch with (record, model)
+Hook = Callable[[dict, torch.nn.Module], "str | None"]  # after each epoch: (record, model) -> why to stop, or None
 
 
 @dataclass
@@ -76,6 +76,7 @@ class Session:
     step: Step | None = None         # forward + loss + backward of one batch, eager or compiled
     world: World = field(default_factory=World)   # this process among the training processes (torchrun)
     data_name: str = ""
+    hook_stop: str = ""              # why a hook asked training to stop (empty: go on)
 
 
 def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
@@ -422,8 +423,10 @@ def end_epoch(s: Session, record: dict, hooks, log) -> None:
         save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
     s.guard.snapshot()
     log(summary(record, tcfg.epochs))
-    for hook in hooks:
-        hook(record, s.model)
+    for hook in hooks:   # a hook may stop training: it returns why (a string), and the run ends cleanly here
+        reason = hook(record, s.model)
+        if isinstance(reason, str) and reason:
+            s.hook_stop = reason
 
 
 def stop_reason(s: Session, epoch: int, started: float) -> str | None:
@@ -431,6 +434,8 @@ def stop_reason(s: Session, epoch: int, started: float) -> str | None:
     tcfg, done = s.config.train, epoch + 1
     if done >= tcfg.epochs:
         return None
+    if s.hook_stop:
+        return f"stopping after epoch {done} of {tcfg.epochs}: {s.hook_stop}"
     if tcfg.max_minutes is not None and time.perf_counter() - started >= 60 * tcfg.max_minutes:
         return (f"stopping after epoch {done} of {tcfg.epochs}: this invocation's {tcfg.max_minutes:g}-minute budget "
                 f"is spent; continue with `vaekit train --resume {s.run_dir}`")

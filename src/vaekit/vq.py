@@ -21,6 +21,8 @@ class Quantised:
     (B, M), and the two VQ terms per example. `mode` is the decoder's input, z_q = z_e + sg(e - z_e)
     flattened to (B, M*E): the forward pass sees e, the gradient reaches z_e (straight through)."""
 
+    exported = ("indices", "mode")
+
     z_e: torch.Tensor
     e: torch.Tensor
     indices: torch.Tensor
