@@ -53,10 +53,10 @@ def test_every_model_exports_and_onnxruntime_matches_pytorch(tmp_path, digits, m
     torch_model = load_model(run)[0].eval()
     with torch.no_grad():
         q = torch_model.given(y).encode(x)
-    for name, value in outputs.items():
-        np.testing.assert_allclose(value, getattr(q, name).float().numpy() if value.dtype != np.int64
-                                   else getattr(q, name).numpy(), atol=1e-4)
-    z = q.mode.float()
+        for name, value in outputs.items():
+            np.testing.assert_allclose(value, getattr(q, name).float().numpy() if value.dtype != np.int64
+                                       else getattr(q, name).numpy(), atol=1e-4)
+        z = q.mode.float()
     image = dec.run(None, {"z": z.numpy(), **({"y": y.numpy()} if MODELS[model].conditional else {})})[-1]
     with torch.no_grad():
         expected = torch_model.given(y).decode(z).mean.clamp(0, 1)

@@ -21,9 +21,11 @@ from .priors import PRIORS
 from .resolve import resolve
 from . import plots
 from .plots import PlotOptions, compare_runs, plot_run
+from .pretrained import from_pretrained, push_to_hub, save_pretrained
 from .registry import list_components
 from .report import write_report
 from .sampling import sample_run
+from .tensorboard import TensorBoard
 from .train import FitResult, fit
 
 __version__ = "0.1.0"

@@ -127,8 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="the run's encoder and decoder as ONNX files (checked with onnxruntime) and a "
                         "JSON file saying what each input and output is")
     ex.add_argument("run", help="the run folder")
-    ex.add_argument("--format", default="onnx", choices=("onnx",), help="default: onnx")
-    ex.add_argument("--out", required=True, help="a new (or empty) folder for encoder.onnx, decoder.onnx, vaekit-onnx.json")
+    ex.add_argument("--format", default="onnx", choices=("onnx", "hf"), help="onnx: encoder.onnx, decoder.onnx and "
+                    "vaekit-onnx.json; hf: a Hugging Face-style folder (model.safetensors, config.json, README.md model "
+                    "card, samples.png) that vaekit.from_pretrained loads (default: onnx)")
+    ex.add_argument("--out", required=True, help="a new (or empty) folder")
+    ex.add_argument("--push-to", metavar="REPO_ID", help="hf: also upload the folder to this hub repository "
+                    "(needs pip install 'vaekit[hub]' and a token: huggingface-cli login)")
     _checkpoint_flag(ex)
     _common(ex)
 
@@ -317,6 +321,17 @@ def _prepare(args) -> int:
 
 
 def _export(args) -> int:
+    if args.push_to and args.format != "hf":
+        raise VaekitError("--push-to uploads a Hugging Face-style folder: add --format hf")
+    if args.format == "hf":
+        from .pretrained import push_to_hub, save_pretrained  # noqa: PLC0415
+
+        out = save_pretrained(args.run, args.out, checkpoint=args.checkpoint)
+        print(f"saved {args.run} to {out}: model.safetensors, config.json, README.md; load it with "
+              f"vaekit.from_pretrained({str(out)!r})")
+        if args.push_to:
+            print(f"pushed to {push_to_hub(out, args.push_to)}")
+        return 0
     from .export import export_onnx  # noqa: PLC0415  (torch.onnx and onnxruntime only for this command)
 
     out = export_onnx(args.run, args.out, checkpoint=args.checkpoint)

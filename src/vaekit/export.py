@@ -138,8 +138,8 @@ def export_onnx(run: str | Path, out: str | Path, checkpoint: str = "last", log=
     model.eval().float()
     (x_in, z_in), (x_check, z_check) = _example_inputs(model, 2), _example_inputs(model, 3)
     extra = ["y"] if model.conditional else []
-    parts = {"encoder": (_Encoder(model), x_in, x_check, ["x", *extra]),
-             "decoder": (_Decoder(model), z_in, z_check, ["z", *extra])}
+    parts = {"encoder": (_Encoder(model).eval(), x_in, x_check, ["x", *extra]),
+             "decoder": (_Decoder(model).eval(), z_in, z_check, ["z", *extra])}
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
     try:
         description = {"run": str(Path(run).resolve()), "epoch": epoch, "model": config.model.model,

@@ -137,6 +137,8 @@ def check_labels(y, num_classes: int) -> None:
     if y is None:
         raise ConfigError("the conditional VAE needs a label: pass one (--label N) or data with labels")
     y = torch.as_tensor(y)
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():   # a traced graph: values are not known
+        return
     if y.dtype.is_floating_point or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes)):
         raise ConfigError(f"labels must be integers in 0..{num_classes - 1} (the classes this model was trained on); "
                           f"got {y.unique()[:5].tolist()}")
