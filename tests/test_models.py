@@ -38,7 +38,8 @@ def test_forward_loss_step_generate(model_name, likelihood, arch, latent_dim):
     assert model.generate(5).shape == (5, *SHAPE)
     recon = bound.reconstruct(x)
     assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
-    assert bound.encode(x).mode.shape == (8, model.z_size)  # a VQ-VAE: latent_dim codes x code_dim
+    mode = bound.encode(x).mode     # the code the decoder reads (a VQ-VAE: codes x code_dim; hvae: every layer)
+    assert mode.shape[0] == 8 and bound.decode(mode).mean.shape == x.shape
 
 
 def test_elbo_terms_follow_their_definitions():

@@ -111,6 +111,7 @@ def test_a_schedule_that_moves_every_step_is_one_graph(monkeypatch, loss, schedu
         graphs.append(gm)
         return gm.forward
     monkeypatch.setattr(step_module, "BACKEND", counting_backend)
+    torch.compiler.reset()   # graphs other tests compiled for the same function would serve these steps
     model, x, _ = _model_and_batch("vae")
     tcfg = TrainConfig(loss=loss, precision="fp32", **schedule)
     compiled = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=True, log=pytest.fail)
