@@ -15,8 +15,6 @@ pip install 'vaekit[export]'.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,7 +22,7 @@ from torch import nn
 
 from .checkpoint import load_model
 from .errors import ConfigError, VaekitError
-from .files import atomic_write_text
+from .files import atomic_write_text, new_folder
 
 TOLERANCE = 1e-4   # onnxruntime against PyTorch, largest absolute difference allowed
 
@@ -54,27 +52,30 @@ def _needs_onnx():
     return onnxruntime
 
 
-class _Encoder(nn.Module):
-    def __init__(self, model):
+class _Network(nn.Module):
+    """The encoder (x [, y] -> q's exported parameters) or the decoder (z [, y] -> p's and the mean image) as a
+    module of tensors in and out, what torch.onnx exports."""
+
+    def __init__(self, model, part: str):
         super().__init__()
-        self.model = model
+        self.model, self.part = model, part
 
-    def forward(self, x, y=None):
-        q = self.model.given(y).encode(x)
-        return tuple(getattr(q, name) for name in type(q).exported)
+    def distribution(self, v, y=None):
+        bound = self.model.given(y)
+        return bound.encode(v) if self.part == "encoder" else bound.decode(v)
 
+    def output_names(self, inputs: tuple) -> list[str]:
+        with torch.no_grad():
+            names = list(type(self.distribution(*inputs)).exported)
+        return names if self.part == "encoder" else [*names, "mean"]
 
-class _Decoder(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, z, y=None):
-        p = self.model.given(y).decode(z)
-        mean = p.mean
-        if self.model.likelihood.support is not None:
-            mean = mean.clamp(*self.model.likelihood.support)
-        return (*(getattr(p, name) for name in type(p).exported), mean)
+    def forward(self, v, y=None):
+        d = self.distribution(v, y)
+        out = tuple(getattr(d, name) for name in type(d).exported)
+        if self.part == "encoder":
+            return out
+        support = self.model.likelihood.support
+        return (*out, d.mean if support is None else d.mean.clamp(*support))
 
 
 def _example_inputs(model, n: int) -> tuple[tuple, tuple]:
@@ -85,13 +86,6 @@ def _example_inputs(model, n: int) -> tuple[tuple, tuple]:
     with torch.no_grad():
         z = model.given(y[0] if y else None).encode(x).mode.float()   # codes the decoder reads, of their true size
     return (x, *y), (z, *y)
-
-
-def _names(module, inputs) -> list[str]:
-    with torch.no_grad():
-        q_or_p = module.model.given(inputs[1] if len(inputs) > 1 else None)
-        dist = q_or_p.encode(inputs[0]) if isinstance(module, _Encoder) else q_or_p.decode(inputs[0])
-    return [*type(dist).exported, *(("mean",) if isinstance(module, _Decoder) else ())]
 
 
 def _export(module: nn.Module, inputs: tuple, input_names: list[str], output_names: list[str], path: Path) -> None:
@@ -106,8 +100,8 @@ def _export(module: nn.Module, inputs: tuple, input_names: list[str], output_nam
     program.save(str(path))
 
 
-def _check(ort, module, inputs, names, path: Path) -> float:
-    """Run the exported file and PyTorch on the same inputs; the largest absolute difference."""
+def _check(ort, module, inputs, names, path: Path) -> tuple[float, tuple]:
+    """Run the exported file and PyTorch on the same inputs: the largest absolute difference, and PyTorch's outputs."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
     got = session.run(None, feeds)
@@ -119,7 +113,7 @@ def _check(ort, module, inputs, names, path: Path) -> float:
         if a.shape != b.shape:
             raise VaekitError(f"the exported {path.stem}'s {name} has shape {a.shape}, PyTorch's {b.shape}")
         worst = max(worst, float(abs(a.astype("float64") - b.astype("float64")).max()) if a.size else 0.0)
-    return worst
+    return worst, want
 
 
 def _tensor_info(name: str, t: torch.Tensor) -> dict:
@@ -131,42 +125,31 @@ def export_onnx(run: str | Path, out: str | Path, checkpoint: str = "last", log=
     """Export RUN's encoder and decoder to OUT/encoder.onnx and OUT/decoder.onnx with OUT/vaekit-onnx.json; each is
     checked with onnxruntime on a batch of another size (refused beyond 1e-4). Returns OUT."""
     ort = _needs_onnx()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} is not empty; choose a new folder for the export")
     model, config, epoch = load_model(Path(run), "cpu", checkpoint)
     model.eval().float()
     (x_in, z_in), (x_check, z_check) = _example_inputs(model, 2), _example_inputs(model, 3)
     extra = ["y"] if model.conditional else []
-    parts = {"encoder": (_Encoder(model).eval(), x_in, x_check, ["x", *extra]),
-             "decoder": (_Decoder(model).eval(), z_in, z_check, ["z", *extra])}
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
-    try:
-        description = {"run": str(Path(run).resolve()), "epoch": epoch, "model": config.model.model,
-                       "likelihood": config.model.likelihood, "input_shape": list(config.model.input_shape),
-                       "latent_dim": config.model.latent_dim, "num_classes": config.model.num_classes,
-                       "prior": prior_description(model), "tolerance": TOLERANCE}
-        for part, (module, inputs, check_inputs, input_names) in parts.items():
-            names = _names(module, inputs)
+    parts = {"encoder": (x_in, x_check, ["x", *extra]), "decoder": (z_in, z_check, ["z", *extra])}
+    description = {"run": str(Path(run).resolve()), "epoch": epoch, "model": config.model.model,
+                   "likelihood": config.model.likelihood, "input_shape": list(config.model.input_shape),
+                   "latent_dim": config.model.latent_dim, "num_classes": config.model.num_classes,
+                   "prior": prior_description(model), "tolerance": TOLERANCE}
+    with new_folder(out, "export") as tmp:
+        for part, (inputs, check_inputs, input_names) in parts.items():
+            module = _Network(model, part).eval()
+            names = module.output_names(inputs)
             path = tmp / f"{part}.onnx"
             _export(module, inputs, input_names, names, path)
-            worst = _check(ort, module, check_inputs, names, path)
+            worst, outputs = _check(ort, module, check_inputs, names, path)
             if worst > TOLERANCE:
                 raise VaekitError(f"the exported {part} differs from PyTorch by {worst:.2g} (more than {TOLERANCE:g}); "
                                   "nothing was written")
-            with torch.no_grad():
-                outputs = module(*check_inputs)
             description[part] = {"file": path.name, "max_abs_difference": worst,
                                  "inputs": [_tensor_info(n, t) for n, t in zip(input_names, check_inputs, strict=True)],
                                  "outputs": [_tensor_info(n, t) for n, t in zip(names, outputs, strict=True)]}
             log(f"{part}: {path.name}, onnxruntime matches PyTorch within {worst:.1g}")
         atomic_write_text(tmp / "vaekit-onnx.json", json.dumps(description, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out)
 
 
 def prior_description(model) -> dict:

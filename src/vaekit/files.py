@@ -8,10 +8,14 @@ Checkpoints, data downloads, figures, reports and config.json all go through her
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
+
+from .errors import ConfigError
 
 
 def file_mode() -> int:
@@ -89,3 +93,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+@contextlib.contextmanager
+def new_folder(out: str | os.PathLike, what: str):
+    """Fill a new folder OUT all at once: yields a temporary folder beside it, renamed to OUT when the block ends
+    without an error (else removed), so OUT is never seen half-written. OUT may exist only as an empty folder."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty; choose a new folder for the {what}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+        fsync_dir(out.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -12,7 +12,6 @@ pip install 'vaekit[hub]'.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from safetensors.torch import save_file
 from .checkpoint import FORMAT, _read, check_finite, load_model
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError
-from .files import atomic_write_text, file_mode
+from .files import atomic_write_text, file_mode, new_folder
 from .images import image_grid, save_png
 from .metrics import read_metrics
 from .models import build_model
@@ -33,13 +32,8 @@ FILES = (WEIGHTS, CONFIG, CARD, SAMPLES)   # all that is written, uploaded and d
 
 def save_pretrained(run: str | Path, out: str | Path, checkpoint: str = "last") -> Path:
     """Write RUN's weights (last or best), config, a sample grid and a model card into the new folder OUT."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} is not empty; choose a new folder for the model")
     model, config, epoch = load_model(Path(run), "cpu", checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pretrained-", dir=out.parent))
-    try:
+    with new_folder(out, "model") as tmp:
         weights = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(weights, tmp / WEIGHTS, {"format": FORMAT, "epoch": str(epoch), "model": config.model.model,
                                             "folder": "pretrained"})
@@ -51,12 +45,7 @@ def save_pretrained(run: str | Path, out: str | Path, checkpoint: str = "last") 
         if images.dim() == 4:
             save_png(image_grid(images.float().cpu()), tmp / SAMPLES, scale=2)
         atomic_write_text(tmp / CARD, model_card(Path(run), config, epoch, (tmp / SAMPLES).exists()))
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out)
 
 
 def model_card(run: Path, config: RunConfig, epoch: int, samples: bool) -> str:
