@@ -11,6 +11,7 @@ from .distributions import Bernoulli, DiagonalGaussian, PointMass, gaussian_kl
 from .errors import CheckpointError, ConfigError, DataError, VaekitError
 from .evaluate import evaluate, evaluate_run
 from .export import export_onnx
+from .explore import explore, explore_server
 from .sources import SOURCES, default_likelihood, read_idx
 from .images import image_grid, save_png
 from .likelihoods import LIKELIHOODS

@@ -136,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoint_flag(ex)
     _common(ex)
 
+    xp = sub.add_parser("explore", help="a local web page to move through a run's latent space and watch the decoder "
+                        "answer (with RUN_B: both runs side by side, one pointer)")
+    xp.add_argument("run", help="a run directory")
+    xp.add_argument("run_b", nargs="?", metavar="RUN_B", help="a second run, shown beside the first (e.g. an AE beside a VAE)")
+    xp.add_argument("--host", default="127.0.0.1", help="the address to serve on (default: 127.0.0.1, this machine only)")
+    xp.add_argument("--port", type=int, default=8765, help="default: 8765 (0: any free port)")
+    xp.add_argument("--open", action="store_true", help="open the page in the default browser")
+    xp.add_argument("--device", default="cpu", choices=DEVICES, help="where to decode (default: cpu)")
+    xp.add_argument("--data-dir", help="dataset cache, if not where the run found it")
+    _checkpoint_flag(xp)
+    _common(xp)
+
     ls = sub.add_parser("list", help="the registered models, losses, priors, posteriors, architectures, likelihoods and data sources")
     _common(ls)
     return p
@@ -339,6 +351,17 @@ def _export(args) -> int:
     return 0
 
 
+def _explore(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise VaekitError(f"--port {args.port} is impossible: use 1 to 65535 (0: any free port)")
+    from .explore import explore  # noqa: PLC0415  (the web server only for this command)
+
+    explore(args.run, args.run_b, host=args.host, port=args.port, open_browser=args.open, device=args.device,
+            data_dir=args.data_dir, checkpoint=args.checkpoint, allow_changed_data=args.allow_changed_data,
+            log=lambda line: print(line, flush=True))
+    return 0
+
+
 def _list(args) -> int:
     rows = list_components()
     width = max(len(name) for _, name, _ in rows)
@@ -351,7 +374,7 @@ def _list(args) -> int:
 
 COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "demo": _demo,
             "plot": _plot, "compare": _compare, "report": _report, "list": _list,
-            "prepare": _prepare, "export": _export}
+            "prepare": _prepare, "export": _export, "explore": _explore}
 
 
 def os_error(e: OSError) -> str:
