@@ -130,16 +130,19 @@ class RunView:
             return data_uri(x.float().cpu())
 
     def points(self, dims) -> dict:
-        """The plane's scatter: test points' codes in dimensions (i, j), their indices and labels."""
+        """The plane's scatter: test points' codes in dimensions [i, j] (a 1-D latent: [0], and y is None),
+        their indices and labels."""
         self._continuous("the latent plane")
-        if not isinstance(dims, list) or len(dims) != 2:
-            raise RequestError(f"dims must be two latent indices [i, j], not {dims!r}")
-        i, j = (whole(d, "dims", 0, self.run.latent_dim - 1) for d in dims)
-        if i == j:
-            raise RequestError(f"dims [{i}, {j}]: choose two different dimensions")
+        wanted = min(2, self.run.latent_dim)
+        if not isinstance(dims, list) or len(dims) != wanted:
+            raise RequestError(f"dims must be {'two latent indices [i, j]' if wanted == 2 else '[0] for a 1-D latent'}, "
+                               f"not {dims!r}")
+        dims = [whole(d, "dims", 0, self.run.latent_dim - 1) for d in dims]
+        if len(set(dims)) != len(dims):
+            raise RequestError(f"dims {dims}: choose two different dimensions")
         codes = self.mu[self.shown]
-        return {"index": self.shown.tolist(), "x": [round(v, 4) for v in codes[:, i].tolist()],
-                "y": [round(v, 4) for v in codes[:, j].tolist()],
+        x, y = (None if d is None else [round(v, 4) for v in codes[:, d].tolist()] for d in (dims + [None])[:2])
+        return {"index": self.shown.tolist(), "x": x, "y": y,
                 "label": self.labels[self.shown].tolist() if self.labels is not None else None}
 
     def decode(self, z, label=None) -> dict:
