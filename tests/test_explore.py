@@ -3,6 +3,7 @@ decoder's answer for that z), its 4xx answers to bad requests while it goes on s
 command's one-line errors and a clean Ctrl-C, and the page in headless Chromium (Playwright)."""
 
 import base64
+import http.client
 import io
 import json
 import math
@@ -359,8 +360,10 @@ def test_a_table_run_is_refused_in_one_line(tmp_path):
 # ---- the command
 def explore_command(*args, **popen):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # SIGINT at its default in the child: pytest started from a background job would hand it down ignored
     return subprocess.Popen([sys.executable, "-m", "vaekit", "explore", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **popen)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
 def test_ctrl_c_stops_the_command_cleanly(run_dirs):
@@ -370,8 +373,13 @@ def test_ctrl_c_stops_the_command_cleanly(run_dirs):
     assert found, (line, p.stderr.read() if p.poll() is not None else "")
     with urllib.request.urlopen(found.group(1) + "api/info", timeout=30) as r:
         assert json.loads(r.read())["runs"][0]["model"] == "vae"
+    host, port = found.group(1)[7:-1].split(":")
+    browser_like = http.client.HTTPConnection(host, int(port), timeout=30)   # kept alive, as a browser keeps it
+    browser_like.request("GET", "/api/info")
+    assert browser_like.getresponse().read()
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=30)
+    out, err = p.communicate(timeout=10)   # not held by the open connection
+    browser_like.close()
     assert p.returncode == 0 and "explorer stopped" in out and "Traceback" not in err, (out, err)
 
 

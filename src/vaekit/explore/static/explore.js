@@ -5,7 +5,7 @@
 const PLANE = 380;          // canvas side in CSS pixels
 const PICK_RADIUS = 6;      // a click this close to a test point picks it
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-const page = { runs: [], label: null, a: null, b: null, base: "zero", temperature: 1, seed: 0, extent: 5, pending: 0 };
+const page = { runs: [], hover: null, label: null, a: null, b: null, base: "zero", temperature: 1, seed: 0, extent: 5, pending: 0 };
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...kids) => {
@@ -153,6 +153,10 @@ function drawPlane(run) {
   };
   if (page.a !== null) mark(page.a, "A");
   if (page.b !== null) mark(page.b, "B");
+  if (page.hover) {   // the pointer, on every run's plane: the same z in each
+    const [hx, hy] = [toPixel(page.hover[0]), PLANE - toPixel(run.dims.length === 2 ? page.hover[1] : 0)];
+    c.strokeStyle = "#000"; c.beginPath(); c.moveTo(hx - 7, hy); c.lineTo(hx + 7, hy); c.moveTo(hx, hy - 7); c.lineTo(hx, hy + 7); c.stroke();
+  }
   const zx = run.z[run.dims[0]], zy = run.dims.length === 2 ? run.z[run.dims[1]] : 0;
   c.strokeStyle = "#d00"; c.lineWidth = 2;
   c.strokeRect(toPixel(zx) - 5, PLANE - toPixel(zy) - 5, 10, 10);
@@ -174,8 +178,10 @@ function planeXY(ev) {
 
 function hover(ev, from) {
   const [, , u, v] = planeXY(ev);
+  page.hover = [u, v];
   page.runs.forEach((run, k) => {
     if (run.info.discrete) return;
+    drawPlane(run);
     const z = codeAt(run, u, v);
     $(`where-${k}`).textContent = `under the pointer: z${run.dims[0]} = ${u.toFixed(2)}` +
       (run.dims.length === 2 ? `, z${run.dims[1]} = ${v.toFixed(2)}` : "");
