@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import inspect
 import json
+import socket
 import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,9 +79,7 @@ class ExploreServer(ThreadingHTTPServer):
                 "limits": {"body_bytes": MAX_BODY, "batch": MAX_BATCH, "abs_z": MAX_ABS_Z, "steps": MAX_STEPS}}
 
 
-def _family(host: str):
-    import socket  # noqa: PLC0415  (only to choose IPv4 or IPv6 for the bind)
-
+def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
