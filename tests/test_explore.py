@@ -329,6 +329,23 @@ def test_two_runs_side_by_side(clients):
     assert c.post("/api/decode", run=2, z=[[1.0, 1.0]])[0] == 404
 
 
+def test_seeded_samples_stay_the_same_when_two_runs_are_asked_at_once(clients):
+    c = clients("ae", "vae")
+    reference = [c.ok("/api/samples", run=k, n=8, seed=3)["images"] for k in (0, 1)]
+    answers = []
+
+    def ask(k):
+        for _ in range(5):
+            answers.append((k, c.ok("/api/samples", run=k, n=8, seed=3)["images"]))
+
+    threads = [threading.Thread(target=ask, args=(k % 2,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(answers) == 40 and all(images == reference[k] for k, images in answers)
+
+
 def test_concurrent_clients_all_get_their_answers(clients):
     c = clients("vae")
     errors, done = [], []

@@ -57,5 +57,6 @@ def run_demo(run_dir: str | Path = "runs/demo", epochs: int | None = None, sourc
     atomic_write_text(run_dir / "test_metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(run_dir, figures_dir=run_dir / "figures", device=device, data_dir=data_dir, log=None)
     log(f"test negative ELBO {metrics['neg_elbo']:.2f} nats/image (recon {metrics['recon']:.2f}, kl {metrics['kl']:.2f}); "
-        f"samples.png, reconstructions.png, figures/ and report.html written to {run_dir}")
+        f"samples.png, reconstructions.png, figures/ and report.html written to {run_dir}; move through its latent "
+        f"space with `vaekit explore {run_dir}`")
     return metrics

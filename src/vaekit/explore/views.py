@@ -57,15 +57,21 @@ def number(value, what: str, lo: float, hi: float) -> float:
     return float(value)
 
 
+# Every model call of every run holds this one lock: torch already spreads one decode over the cores, so
+# concurrent requests queue instead of oversubscribing them; and seeded draws (samples, re-drawn codes) seed
+# torch's one global generator, which two runs' requests drawing at once would share (their samples then
+# changed from one page load to the next).
+MODEL_LOCK = threading.Lock()
+
+
 class RunView:
-    """One run as the explorer shows it. Decoding is serialised by a lock: torch already spreads one
-    decode over the cores, and concurrent requests then queue instead of oversubscribing them."""
+    """One run as the explorer shows it."""
 
     def __init__(self, run: Run, max_points: int = MAX_POINTS):
         if len(run.config.model.input_shape) != 3:
             raise ConfigError(f"{run.name} models table rows, not images: the explorer shows decoded images; "
                               "`vaekit sample RUN --out samples.csv` writes decoded rows")
-        self.run, self.lock = run, threading.Lock()
+        self.run, self.lock = run, MODEL_LOCK
         self.model = run.model.eval()
         self.n_test = len(run.test)
         self.labels = run.test.y.cpu() if run.test.y is not None else None

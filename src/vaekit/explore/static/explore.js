@@ -37,7 +37,7 @@ async function api(path, body) {
     $("status").textContent = String(e.message || e);
     throw e;
   } finally {
-    busy(-1);
+    setTimeout(() => busy(-1), 0);   // after the caller's follow-up requests have started: 0 means the page is settled
   }
 }
 
