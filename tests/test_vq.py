@@ -124,3 +124,12 @@ def test_a_convolutional_vq_vae_has_one_code_per_position_of_its_last_feature_ma
     assert model.decode(q.mode).mean.shape == (3, 1, 28, 28) and model.generate(2).shape == (2, 1, 28, 28)
     terms = LOSSES["vq"](model, x, LossContext(TrainConfig()))
     torch.testing.assert_close(terms["kl"], torch.full((3,), 49 * math.log(32)))
+
+
+@pytest.mark.parametrize("arch, shape, grid", [("conv", (1, 28, 28), (7, 7)), ("conv", (3, 16, 24), (4, 6)), ("mlp", (1, 8, 8), (1, 6))])
+def test_the_code_grid_is_the_encoders_output_layout(arch, shape, grid):
+    """code_grid (what the explorer draws) matches the numbers the encoder emits: rows x columns codes of code_dim."""
+    model = build_model(ModelConfig(model="vqvae", arch=arch, input_shape=shape, latent_dim=6,
+                                    hidden_dims=(8, 16) if arch == "conv" else (32,)))
+    assert model.code_grid == grid and model.code_positions == grid[0] * grid[1]
+    assert model.encoder(torch.zeros(2, *shape)).shape == (2, grid[0] * grid[1] * model.config.code_dim)

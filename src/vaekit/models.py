@@ -312,13 +312,16 @@ class VQVAE(LatentModel):
         return self.config.code_dim if self.config.arch == "conv" else 0
 
     @property
+    def code_grid(self) -> tuple[int, int]:
+        """How the codes lie: the conv encoder's last feature map (rows, columns), or one row of latent_dim
+        for the MLP."""
+        return grid_size(self.config) if self.grid_dim else (1, self.config.latent_dim)
+
+    @property
     def code_positions(self) -> int:
-        """Codes per example: one per position of the conv encoder's last feature map (raster order),
-        or latent_dim for the MLP."""
-        if self.grid_dim:
-            h, w = grid_size(self.config)
-            return h * w
-        return self.config.latent_dim
+        """Codes per example, in raster order over code_grid."""
+        rows, columns = self.code_grid
+        return rows * columns
 
     @property
     def encoder_size(self) -> int:

@@ -92,9 +92,8 @@ class RunView:
                "num_classes": classes, "class_names": [run.class_name(k) for k in range(classes)],
                "label_name": run.label_name if classes else "", "prior": run.prior_name}
         if run.discrete:
-            positions = self.model.code_positions
-            rows = round(math.sqrt(positions)) if self.model.grid_dim else 1
-            out.update(code_positions=positions, code_grid=[rows, positions // rows], codebook_size=cfg.codebook_size)
+            out.update(code_positions=self.model.code_positions, code_grid=list(self.model.code_grid),
+                       codebook_size=cfg.codebook_size)
         else:
             out.update(latent_dim=run.latent_dim, order=self.order, usage=[round(float(u), 4) for u in self.usage],
                        usage_name=run.usage_name, extent=self.extent())
