@@ -363,7 +363,7 @@ def test_concurrent_clients_all_get_their_answers(clients):
     assert not errors and len(done) == 200
 
 
-def test_a_table_run_is_refused_in_one_line(tmp_path):
+def test_a_table_run_is_refused_in_one_line():
     from vaekit.explore.views import RunView
 
     class Table:

@@ -51,6 +51,8 @@ class ExploreServer(ThreadingHTTPServer):
 
     def __init__(self, views: list[RunView], host: str, port: int):
         self.views = views
+        self.info = {"runs": [v.info() for v in views],   # what GET /api/info answers: fixed while the server runs
+                     "limits": {"body_bytes": MAX_BODY, "batch": MAX_BATCH, "abs_z": MAX_ABS_Z, "steps": MAX_STEPS}}
         self.static = {path: (resources.files(__package__).joinpath("static", name).read_bytes(), kind)
                        for path, (name, kind) in STATIC.items()}
         self.address_family = _family(host)
@@ -73,10 +75,6 @@ class ExploreServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/"
-
-    def info(self) -> dict:
-        return {"runs": [v.info() for v in self.views],
-                "limits": {"body_bytes": MAX_BODY, "batch": MAX_BATCH, "abs_z": MAX_ABS_Z, "steps": MAX_STEPS}}
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -130,7 +128,7 @@ class Handler(BaseHTTPRequestHandler):
         if path in self.server.static:
             return self._send(HTTPStatus.OK, *self.server.static[path])
         if path == "/api/info":
-            return self._json(HTTPStatus.OK, self.server.info())
+            return self._json(HTTPStatus.OK, self.server.info)
         if path.startswith("/api/") and path[5:] in API:
             return self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST with a JSON body")
         self._error(HTTPStatus.NOT_FOUND, f"no such page: {path[:100]}; the explorer serves / and /api/*")

@@ -108,7 +108,7 @@ function continuousRun(run, k) {
   box.append(sliders);
   box.append(el("h3", { text: "interpolation from image A to image B" }));
   box.append(el("div", { class: "strip", id: `strip-line-${k}` }), el("div", { class: "strip", id: `strip-circle-${k}` }));
-  canvas.addEventListener("pointermove", (ev) => hover(ev, k));
+  canvas.addEventListener("pointermove", hover);
   canvas.addEventListener("click", (ev) => click(ev, k));
   loadPoints(run, k);
   decodePinned(run, k);
@@ -176,7 +176,7 @@ function planeXY(ev) {
   return [px, py, toZ(px), toZ(PLANE - py)];
 }
 
-function hover(ev, from) {
+function hover(ev) {
   const [, , u, v] = planeXY(ev);
   page.hover = [u, v];
   page.runs.forEach((run, k) => {
