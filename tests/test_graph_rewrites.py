@@ -57,3 +57,66 @@ def test_compiled_with_rewrites_matches_eager():
     args = (torch.randn(300, 50, generator=g), torch.randn(200, 50, generator=g) / 7, torch.randn(200, generator=g),
             torch.randn(784, 200, generator=g) / 14, torch.randn(784, generator=g))
     torch.testing.assert_close(compile_for_evaluation(_mlp)(*args), _mlp(*args), atol=2e-6, rtol=1e-5)
+
+
+def _bf16_linear(h, w, b):
+    return torch.nn.functional.linear(h.bfloat16(), w.bfloat16(), b.bfloat16())
+
+
+def _int8_graph(f, *args):
+    gm = make_fx(f)(*args)
+    rewrite_for_cpu(gm.graph, int8=True)
+    gm.recompile()
+    return gm
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_int8_products_stay_within_the_quantisation_bound(relu):
+    """The int8 product against the float64 product of the same bf16 operands: within the worst case that the
+    quantisation steps allow, sum_k (|dh_k| |w_k| + |h_k| |dw_k| + |dh_k| |dw_k|) with |dh| <= s / 2 (a row's range
+    over 255 steps) and |dw| <= t / 2 (a column's largest |w| over 127), plus the bf16 rounding of the result."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(300, 400, generator=g) * 2
+    h = torch.relu(h) if relu else h
+    w, b = torch.randn(784, 400, generator=g) / 20, torch.randn(784, generator=g)
+    gm = _int8_graph(_bf16_linear, h, w, b)
+    targets = _targets(gm)
+    assert aten._int_mm.default in targets and not {aten.addmm.default, aten.mm.default} & targets
+    got = gm(h, w, b)
+    assert got.dtype == torch.bfloat16 and got.shape == (300, 784)
+    hb, wb = h.bfloat16().double(), w.bfloat16().double().T                  # the operands the bf16 product had
+    exact = hb @ wb + b.bfloat16().double()
+    s = (hb.amax(1, keepdim=True) - hb.amin(1, keepdim=True)) / 255
+    t = wb.abs().amax(0, keepdim=True) / 127
+    bound = s / 2 * wb.abs().sum(0) + hb.abs().sum(1, keepdim=True) * t / 2 + wb.shape[0] * (s / 2) * (t / 2)
+    err = (got.double() - exact).abs()
+    assert (err <= bound * 1.001 + exact.abs() * 2**-8 + 1e-6).all(), (err - bound).max()
+    assert err.mean() < 0.2 * bound.mean()       # and far from the worst case on average: rounding errors cancel
+
+
+def test_int8_products_quantise_an_all_zero_row_to_zeros():
+    h, w, b = torch.zeros(8, 128), torch.randn(16, 128), torch.randn(16)
+    h[1:] = torch.relu(torch.randn(7, 128))
+    got = _int8_graph(_bf16_linear, h, w, b)(h, w, b)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[0].float(), b.bfloat16().float())
+
+
+@pytest.mark.parametrize("f", [
+    lambda h, w, b: torch.nn.functional.linear(h, w, b),                                      # float32
+    lambda h, w, b: torch.nn.functional.linear(h[:, :32].bfloat16(), w[:, :32].bfloat16()),   # inner dimension < 64
+])
+def test_int8_products_leave_float32_and_short_products_alone(f):
+    args = (torch.randn(4, 128), torch.randn(8, 128), torch.randn(8))
+    gm = make_fx(f)(*args)
+    rewrite_for_cpu(gm.graph, int8=True)
+    assert aten._int_mm.default not in _targets(gm)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_compiled_with_int8_products_is_near_the_bf16_graph():
+    g = torch.Generator().manual_seed(2)
+    args = (torch.relu(torch.randn(256, 400, generator=g)), torch.randn(784, 400, generator=g) / 20,
+            torch.randn(784, generator=g))
+    got = compile_for_evaluation(_bf16_linear, int8=True)(*args)
+    torch.testing.assert_close(got.float(), _bf16_linear(*args).float(), atol=0.05, rtol=0.02)

@@ -4,6 +4,7 @@ p(x) = N(b, W W^T + s^2 I). W has orthogonal columns, which makes the true poste
 N(M^-1 W^T (x - b), s^2 M^-1), M = W^T W + s^2 I, diagonal: our encoder can represent it."""
 
 import dataclasses
+import importlib
 import math
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from vaekit import Dataset, ModelConfig, TrainConfig, build_model
+from vaekit.errors import ConfigError
 from vaekit.evaluate import active_units, log_likelihood
 from vaekit.objectives import LOSSES, LossContext
 
@@ -120,22 +122,52 @@ def test_the_compiled_estimate_follows_changed_weights():
     assert compiled == pytest.approx(eager, abs=0.3) and compiled > first + 5
 
 
-def test_bf16_moves_the_reported_likelihood_by_less_than_its_noise(tmp_path):
-    """The estimate in bf16 (what --precision auto picks on CPUs with fast bf16) against fp32 on the same samples:
-    the difference is far below the estimate's own standard error over the images."""
+@pytest.fixture(scope="module")
+def digits_vae(tmp_path_factory):
+    """A small VAE trained in fp32 on scikit-learn's digits, and their test split."""
     from vaekit import DataConfig, RunConfig, fit, load_data
 
     data = load_data(DataConfig("digits", val_size=100, pixels="dynamic"))
     cfg = RunConfig(ModelConfig(latent_dim=4, hidden_dims=(64,)), DataConfig("digits", val_size=100, pixels="dynamic"),
                     TrainConfig(epochs=5, batch_size=64, lr=3e-3, precision="fp32"))
-    model = fit(cfg, tmp_path / "run", data=data, progress=False, log=lambda s: None).model
+    return fit(cfg, tmp_path_factory.mktemp("run"), data=data, progress=False, log=lambda s: None).model, data.test
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_low_precision_moves_the_reported_likelihood_by_less_than_its_noise(digits_vae, precision):
+    """The estimate in bf16 or with int8 decoder products (what --nll-precision auto picks on CPUs where they are
+    faster) against fp32 on the same samples: the difference is far below the estimate's own standard error over
+    the images. int8 is a rewrite of the compiled graph, so both are compiled there."""
+    model, test = digits_vae
+    compile = precision == "int8"
     results = {}
-    for precision in ("fp32", "bf16"):
+    for p in ("fp32", precision):
         torch.manual_seed(0)
-        results[precision] = log_likelihood(model, data.test, k=200, precision=precision, compile=False)
-    diff = abs(results["bf16"]["nll"] - results["fp32"]["nll"])
+        results[p] = log_likelihood(model, test, k=200, precision=p, compile=compile)
+        assert results[p]["precision"] == p
+    diff = abs(results[precision]["nll"] - results["fp32"]["nll"])
     assert diff < 0.1 * results["fp32"]["nll_se"], (diff, results["fp32"]["nll_se"])
-    print(f"bf16 - fp32: {diff:.4f} nats, standard error {results['fp32']['nll_se']:.3f}")
+    print(f"{precision} - fp32: {diff:.4f} nats, standard error {results['fp32']['nll_se']:.3f}")
+
+
+@pytest.mark.parametrize("int8_faster,compiled,expected", [
+    (True, True, "int8"), (True, False, "fp32"), (False, True, "fp32")])
+def test_auto_picks_int8_only_for_a_compiled_estimate_on_a_cpu_where_it_is_faster(monkeypatch, int8_faster, compiled,
+                                                                                  expected):
+    module = importlib.import_module("vaekit.evaluate")   # vaekit.evaluate the name is the function
+    monkeypatch.setattr(module, "cpu_int8_is_faster", lambda: int8_faster)
+    monkeypatch.setattr(module, "resolve_precision", lambda p, device: "fp32" if p == "auto" else p)
+    assert module.estimate_precision("auto", torch.device("cpu"), compiled) == expected
+    assert module.estimate_precision("fp32", torch.device("cpu"), compiled) == "fp32"   # an explicit choice is kept
+
+
+def test_int8_without_the_compiled_graph_or_an_unknown_precision_is_a_clear_error():
+    model, ds, _ = ppca()
+    with pytest.raises(ConfigError, match="int8 products are a rewrite of the compiled estimate"):
+        log_likelihood(model, ds, k=3, precision="int8", compile=False)
+    with pytest.raises(ConfigError, match="precision 'fp16' is unknown"):
+        log_likelihood(model, ds, k=3, precision="fp16")
 
 
 @pytest.mark.parametrize("compile", [False, True])

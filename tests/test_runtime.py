@@ -44,6 +44,48 @@ def test_the_real_timing_runs_and_returns_a_choice():
     assert runtime._seconds_per_matmul(torch.float32, n=64, repeats=2) > 0
 
 
+@pytest.mark.parametrize("flags,bf16_seconds,int8_seconds,expected", [
+    ("avx512_vnni avx512_bf16", 0.3, 0.15, True),    # int8 twice as fast as bf16 (this project's AMD EPYC)
+    ("avx512_vnni avx512_bf16", 0.3, 0.28, False),   # not 1.25x faster than bf16
+    ("avx512_vnni", 2.0, 0.5, True),                 # no bf16 units: against float32 (1.0 s here)
+    ("", 0.3, 0.01, False),                          # no VNNI or AMX: not even timed
+])
+def test_int8_products_are_used_where_measured_faster(cpu, monkeypatch, flags, bf16_seconds, int8_seconds, expected):
+    cpu(flags, bf16_seconds)
+    times = {torch.int8: int8_seconds, torch.bfloat16: bf16_seconds, torch.float32: 1.0}
+    monkeypatch.setattr(runtime, "_seconds_per_matmul", lambda dtype, **kw: times[dtype])
+    runtime.cpu_int8_is_faster.cache_clear()
+    try:
+        assert runtime.cpu_int8_is_faster() is expected
+        assert (runtime.cache_dir() / "precision.json").is_file() == bool(flags)   # measured once, kept on disk
+    finally:
+        runtime.cpu_int8_is_faster.cache_clear()
+
+
+def test_the_real_int8_timing_runs():
+    assert runtime._seconds_per_matmul(torch.int8, n=64, repeats=2) > 0
+
+
+def test_freed_blocks_are_reused_instead_of_faulted_in_again():
+    """A compiled chunk's pattern: several buffers of a few MiB allocated, filled and freed together, call after
+    call. With glibc's adaptive thresholds the freed top of the heap went back to the system and every call
+    faulted its pages in again (here: 8,192 faults per call, one per 4 KiB page, measured in a fresh process);
+    after keep_freed_memory the heap keeps them."""
+    resource = pytest.importorskip("resource")
+    if not runtime.keep_freed_memory():
+        pytest.skip("not glibc")
+
+    def call():
+        return [torch.ones(2 << 20) for _ in range(4)]   # four 8 MiB buffers
+
+    faults = []
+    for _ in range(5):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        call()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert max(faults[2:]) < 400, faults     # the first calls grow the heap; after that, (almost) no page faults
+
+
 def test_an_absent_gpu_is_a_config_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

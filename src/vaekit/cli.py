@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import has_checkpoint, load_config
-from .config import CHECKPOINTS, DEVICES, PRECISIONS, DataConfig, RunConfig
+from .config import CHECKPOINTS, DEVICES, NLL_PRECISIONS, PRECISIONS, DataConfig, RunConfig
 from .data import data_root
 from .demo import run_demo
 from .distributed import AnotherProcessFailed, from_environment, stop
@@ -85,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", help="dataset cache, if not where the run found it")
     ev.add_argument("--seed", type=int, default=0, help="seed of the z samples (default: 0)")
     ev.add_argument("--nll-k", type=int, metavar="K", help="also estimate log p(x) with K importance samples (papers: 5000)")
-    ev.add_argument("--chunk-size", type=int, help="importance samples per example held in memory at once (default: 2500)")
-    ev.add_argument("--precision", choices=PRECISIONS, help="default: as trained for the loss terms, auto for --nll-k")
+    ev.add_argument("--chunk-size", type=int, help="importance samples per example held in memory at once (default: "
+                    "2500 / 4: samples of 4 images per call)")
+    ev.add_argument("--precision", choices=PRECISIONS, help="of the loss terms (default: as trained), and of --nll-k "
+                    "unless --nll-precision says otherwise")
+    ev.add_argument("--nll-precision", choices=NLL_PRECISIONS, help="of the --nll-k estimate (default: auto: int8 "
+                    "decoder products where this CPU runs them faster, else bf16 where faster, else fp32)")
     _checkpoint_flag(ev)
     _common(ev)
 
@@ -263,7 +267,8 @@ def _hooks(args, run_dir: Path, world) -> list:
 
 def _eval(args) -> int:
     r = evaluate_run(args.run, args.split, args.mc_samples, args.device, args.data_dir, args.seed,
-                     args.nll_k, args.chunk_size, args.precision, args.checkpoint, args.allow_changed_data)
+                     args.nll_k, args.chunk_size, args.precision, args.checkpoint, args.allow_changed_data,
+                     args.nll_precision)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -276,7 +281,7 @@ def _eval(args) -> int:
         ll = r["likelihood"]
         print(f"  -log p(x) {ll['nll']:.2f} +- {ll['nll_se']:.2f} (k={ll['k']}), {ll['bits_per_dim']:.4f} bits/dim; "
               f"-ELBO {ll['neg_elbo']:.2f} (recon {ll['recon']:.2f}, kl {ll['kl']:.2f}); "
-              f"active units {ll['active_units']}/{ll['latent_dim']}; {ll['seconds']:.1f} s")
+              f"active units {ll['active_units']}/{ll['latent_dim']}; {ll['precision']}, {ll['seconds']:.1f} s")
     if "codes" in r:
         c = r["codes"]
         print(f"  codebook perplexity {c['perplexity']:.1f} of {c['codebook_size']} codes ({c['dead_codes']} dead); "

@@ -32,6 +32,7 @@ SCHEDULE_READS = {"joint": (), "alternating": ("e_steps", "m_steps")}
 SCHEDULES = tuple(SCHEDULE_READS)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+NLL_PRECISIONS = (*PRECISIONS, "int8")   # the estimate also has int8 products (evaluate.log_likelihood)
 COMPILE_MODES = ("auto", "on", "off")
 CHECKPOINTS = ("last", "best")               # which weights eval / sample / plot load
 MAX_IMAGE_SIZE = 4096                        # --image-size: 4096 x 4096 x 3 floats is 200 MB per image already

@@ -19,11 +19,17 @@ Only float32 nodes on CPU tensors are rewritten; the pass changes no value beyon
 
 from __future__ import annotations
 
+import functools
+
 import torch
+from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .runtime import compiler_ready
 
-aten = torch.ops.aten
+aten, prims = torch.ops.aten, torch.ops.prims
+INT8_MIN_INNER = 64   # int8 products only where the inner dimension is at least this: smaller ones cost little
+MIN_SCALE = 1e-30     # an all-zero row (ReLU) quantises to zeros, not NaN
 TANH_CLAMP = 10.0   # tanh(10) = 1 - 4e-9: 1.0 in float32, and expm1(20) is far from overflow
 
 
@@ -65,12 +71,89 @@ def tanh_by_expm1(graph: torch.fx.Graph) -> None:
         graph.erase_node(node)
 
 
-def rewrite_for_cpu(graph: torch.fx.Graph) -> None:
+def _cpu_bf16(node) -> bool:
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return isinstance(val, torch.Tensor) and val.device.type == "cpu" and val.dtype == torch.bfloat16
+
+
+def _op(graph, before, target, *args):
+    """A node computing target(*args), placed before `before`, with its value's metadata (shape, dtype) found by
+    running target on the arguments' fake tensors."""
+    vals = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args]
+    with graph.inserting_before(before):
+        new = graph.call_function(target, args)
+    try:
+        mode = detect_fake_mode([v for v in vals if isinstance(v, torch.Tensor)])
+    except AssertionError:   # values of several fake modes (a graph traced by make_fx): a fresh one, same shapes
+        mode = None
+    if mode is None:
+        mode = FakeTensorMode()
+        with mode:
+            vals = [torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device)
+                    if isinstance(v, torch.Tensor) else v for v in vals]
+    with mode:
+        new.meta["val"] = target(*vals)
+    return new
+
+
+def _f32(graph, before, t):
+    return _op(graph, before, prims.convert_element_type.default, t, torch.float32)
+
+
+def _int8(graph, before, t):
+    return _op(graph, before, prims.convert_element_type.default, _op(graph, before, aten.round.default, t), torch.int8)
+
+
+def _scale(graph, before, span, levels: float):
+    """span / levels, kept away from 0 (an all-zero slice quantises to zeros, not NaN)."""
+    return _op(graph, before, aten.clamp_min.default, _op(graph, before, aten.div.Tensor, span, levels), MIN_SCALE)
+
+
+def int8_products(graph: torch.fx.Graph) -> None:
+    """mm(h, W) and addmm(b, h, W) in bf16 on CPU tensors with at least INT8_MIN_INNER inner terms -> int8
+    products (torch._int_mm, int32 sums), scaled back in float32, the bias added, rounded to bf16 as the bf16
+    product was.
+
+    Each row of h is quantised over its own range [lo, hi] with 256 levels: h ~= lo + s (q + 128), s = (hi - lo)
+    / 255, q in [-128, 127] (ReLU outputs, never negative, keep all 8 bits; a symmetric code would waste one).
+    Each column of W symmetrically: W ~= t c, t = max |W| / 127. Then
+        h W ~= s t (q c + 128 sum_k c) + lo t sum_k c,
+    the int8 product plus two rank-1 corrections."""
+    for node in list(graph.find_nodes(op="call_function", target=aten.addmm.default)) + \
+            list(graph.find_nodes(op="call_function", target=aten.mm.default)):
+        addmm = node.target is aten.addmm.default
+        bias, h, w = node.args[:3] if addmm else (None, *node.args[:2])
+        if addmm and (node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("beta", 1) != 1):
+            continue
+        if not (_cpu_bf16(node) and _cpu_bf16(h) and _cpu_bf16(w)) or h.meta["val"].shape[1] < INT8_MIN_INNER:
+            continue
+        op = functools.partial(_op, graph, node)
+        h32, w32 = _f32(graph, node, h), _f32(graph, node, w)
+        lo, hi = op(aten.amin.default, h32, [1], True), op(aten.amax.default, h32, [1], True)   # (M, 1)
+        s = _scale(graph, node, op(aten.sub.Tensor, hi, lo), 255.0)
+        # times 1 / scale, not divided by it: one division per row or column instead of one per element
+        q = _int8(graph, node, op(aten.sub.Tensor, op(aten.mul.Tensor, op(aten.sub.Tensor, h32, lo),
+                                                      op(aten.reciprocal.default, s)), 128.0))
+        t = _scale(graph, node, op(aten.amax.default, op(aten.abs.default, w32), [0], True), 127.0)   # (1, N)
+        c = _int8(graph, node, op(aten.mul.Tensor, w32, op(aten.reciprocal.default, t)))
+        c_sum = op(aten.mul.Tensor, op(aten.sum.dim_IntList, _f32(graph, node, c), [0], True), t)   # t sum_k c, (1, N)
+        out = op(aten.mul.Tensor, op(aten.mul.Tensor, _f32(graph, node, op(aten._int_mm.default, q, c)), s), t)
+        out = op(aten.add.Tensor, out, op(aten.mul.Tensor, op(aten.add.Tensor, op(aten.mul.Tensor, s, 128.0), lo), c_sum))
+        if addmm:
+            out = op(aten.add.Tensor, out, _f32(graph, node, bias))
+        out = op(prims.convert_element_type.default, out, torch.bfloat16)
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+
+
+def rewrite_for_cpu(graph: torch.fx.Graph, int8: bool = False) -> None:
+    if int8:
+        int8_products(graph)
     unfuse_bias(graph)
     tanh_by_expm1(graph)
 
 
-def compile_for_evaluation(fn):
+def compile_for_evaluation(fn, int8: bool = False):
     """torch.compile(fn) with the CPU rewrites as Inductor's post-grad pass (plain torch.compile
     where this torch has no custom-pass hook)."""
     compiler_ready()
@@ -82,9 +165,9 @@ def compile_for_evaluation(fn):
 
     class CpuRewrites(CustomGraphPass):
         def __call__(self, graph):
-            rewrite_for_cpu(graph)
+            rewrite_for_cpu(graph, int8)
 
         def uuid(self):   # part of Inductor's cache key: change it when the rewrites change
-            return "vaekit.graph_rewrites/unfuse_bias+tanh_by_expm1/1"
+            return f"vaekit.graph_rewrites/unfuse_bias+tanh_by_expm1{'+int8_products' if int8 else ''}/4"
 
     return torch.compile(fn, options={"post_grad_custom_post_pass": CpuRewrites()})
