@@ -144,11 +144,19 @@ def likelihoods(run_dir: Path, python: str, n_pythae: int, k: int) -> dict:
     t0 = time.perf_counter()
     full = log_likelihood(model, test, k, precision="auto")
     seconds = time.perf_counter() - t0
-    return {"k": k, "pythae_images": n_pythae, "pythae_seconds": pythae["seconds"],
-            "pythae_seconds_10000": pythae["seconds"] * len(test) / n_pythae, "pythae_nll_same_images": pythae["nll"],
-            "vaekit_nll_same_images": same["nll"], "vaekit_nll_se_same_images": same["nll_se"],
-            "vaekit_seconds_10000": seconds, "vaekit_nll_10000": full["nll"], "vaekit_nll_se_10000": full["nll_se"],
-            "ratio": pythae["seconds"] * len(test) / n_pythae / seconds}
+    out = {"k": k, "pythae_images": n_pythae, "pythae_seconds": pythae["seconds"],
+           "pythae_seconds_10000": pythae["seconds"] * len(test) / n_pythae, "pythae_nll_same_images": pythae["nll"],
+           "vaekit_nll_same_images": same["nll"], "vaekit_nll_se_same_images": same["nll_se"],
+           "vaekit_precision": full["precision"], "vaekit_seconds_10000": seconds, "vaekit_nll_10000": full["nll"],
+           "vaekit_nll_se_10000": full["nll_se"], "ratio": pythae["seconds"] * len(test) / n_pythae / seconds}
+    if full["precision"] != "bf16":   # what auto picked, against bf16 on the same samples (compiled beforehand)
+        log_likelihood(model, Dataset(test.head(n_pythae)), k, precision="bf16")
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        bf16 = log_likelihood(model, test, k, precision="bf16")
+        out.update(bf16_seconds_10000=time.perf_counter() - t0, bf16_nll_10000=bf16["nll"],
+                   paired_difference_se=float((full["per_example_nll"] - bf16["per_example_nll"]).std() / len(test) ** 0.5))
+    return out
 
 
 def main() -> None:
@@ -231,7 +239,12 @@ def write(rows: list[dict], limits: dict, fixed: dict, nll: dict | None) -> None
                      f"({nll['pythae_seconds_10000']:.0f} s scaled to 10,000); vaekit {nll['vaekit_seconds_10000']:.1f} s for all "
                      f"10,000: {nll['ratio']:.1f}x. Same weights, same {nll['pythae_images']} images: pythae "
                      f"{nll['pythae_nll_same_images']:.2f}, vaekit {nll['vaekit_nll_same_images']:.2f} nats "
-                     f"(vaekit on 10,000: {nll['vaekit_nll_10000']:.2f} +- {nll['vaekit_nll_se_10000']:.2f}).")
+                     f"(vaekit on 10,000: {nll['vaekit_nll_10000']:.2f} +- {nll['vaekit_nll_se_10000']:.2f}, "
+                     f"{nll.get('vaekit_precision', 'bf16')}).")
+        if "bf16_seconds_10000" in nll:
+            lines.append(f"The same estimate in bf16, the same samples: {nll['bf16_seconds_10000']:.1f} s, "
+                         f"{nll['bf16_nll_10000']:.3f} nats ({nll['vaekit_precision']} - bf16: "
+                         f"{nll['vaekit_nll_10000'] - nll['bf16_nll_10000']:+.3f} +- {nll['paired_difference_se']:.3f} paired).")
     m = payload["machine"]
     lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}; load average at the end "
                  f"{payload['load_average'][0]:.2f}.")

@@ -113,6 +113,26 @@ def test_bernoulli_log_prob_is_the_same_with_and_without_gradients(grad):
     torch.testing.assert_close(lp.detach().double(), exact, rtol=1e-6, atol=2e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bernoulli_gradient_is_the_unclamped_gradient(dtype):
+    """The training log-density's gradient against autograd through the float64 cross-entropy without any clamp,
+    logits out to +-80 and grey targets: x - sigmoid(l) everywhere, to float32 (or bf16) rounding, including
+    beyond the +-30 the value is clamped to (where the gradient of clamp() would be 0). With a weighted sum of the
+    per-example values, so each example's incoming gradient is checked too."""
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(2, 6, 1, 7, 7, generator=g) * 25).clamp(-80, 80).to(dtype)
+    x = torch.rand(6, 1, 7, 7, generator=g)
+    weights = torch.rand(2, 6, generator=g) + 0.5
+    leaf = logits.clone().requires_grad_()
+    (Bernoulli(leaf, event_ndim=3).log_prob(x) * weights).sum().backward()
+    ref = logits.double().requires_grad_()
+    exact = -torch.nn.functional.binary_cross_entropy_with_logits(ref, x.double().expand_as(ref), reduction="none")
+    (exact.sum((2, 3, 4)) * weights.double()).sum().backward()
+    assert leaf.grad.dtype == dtype and (logits.abs() > 30).any()
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    torch.testing.assert_close(leaf.grad.double(), ref.grad, **tol)
+
+
 def test_log_prob_broadcasts_over_a_leading_sample_dimension():
     logits = torch.randn(5, 4, 6)           # (L, B, D)
     x = torch.rand(4, 6)
