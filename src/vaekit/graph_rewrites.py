@@ -15,6 +15,13 @@ separately the same way, 5.0 ms.
   vectorised expm1 is 3x faster than its tanh (0.17 vs 0.49 ms on 500,000 floats).
 
 Only float32 nodes on CPU tensors are rewritten; the pass changes no value beyond float32 rounding.
+
+With int8 (log_likelihood's precision int8, which auto picks where this CPU's int8 products are measured
+faster), a third rewrite, int8_products: bf16 products as int8 products with float32 scales. On this project's
+2-core AMD EPYC (AVX512-VNNI) torch._int_mm runs a 2500 x 400 x 784 product at 1,790 Gop/s against 828 bf16
+GFLOP/s; one 2,500-row chunk of the mnist-fast decoder (20-400-784) took 1.96 ms compiled with int8 products
+(the int8 product 0.90 ms, the quantisation 0.18 ms) against 2.39 ms in bf16 (torch.profiler, 100 calls each).
+It moves values by the quantisation steps (a test bounds it); the estimate by +0.01 to +0.02 nats.
 """
 
 from __future__ import annotations
