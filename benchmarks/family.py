@@ -93,7 +93,7 @@ def main() -> None:
             r = log_likelihood(model, test, k=args.eval_k, precision="auto")
             r.pop("per_example_nll")
             row.update(nll=r["nll"], nll_se=r["nll_se"], neg_elbo=r["neg_elbo"], recon=r["recon"], kl=r["kl"],
-                       active_units=r["active_units"], eval_seconds=r["seconds"], k=r["k"], n=r["n"])
+                       active_units=r["active_units"], eval_seconds=r["seconds"], k=r["k"], n=r["n"], nll_precision=r["precision"])
         else:
             c = model.evaluation_extras(test)["codes"]
             row.update(recon=c["recon"], nll_bound=c["nll_bound"], prior_nll=c["prior_nll"], perplexity=c["perplexity"],
