@@ -133,6 +133,18 @@ def test_bernoulli_gradient_is_the_unclamped_gradient(dtype):
     torch.testing.assert_close(leaf.grad.double(), ref.grad, **tol)
 
 
+def test_bernoulli_log_density_has_the_targets_gradient_too():
+    """d/dx of sum x l - softplus(l) is l (at the clamped logits), summed over a leading sample dimension that x
+    broadcasts against: what autograd through the cross-entropy gives."""
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, 4, 10, generator=g) * 10
+    x = torch.rand(4, 10, generator=g).requires_grad_()
+    Bernoulli(logits).log_prob(x).sum().backward()
+    xr = x.detach().double().requires_grad_()
+    (-torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), xr.expand(3, 4, 10), reduction="sum")).backward()
+    torch.testing.assert_close(x.grad.double(), xr.grad, atol=1e-5, rtol=1e-6)
+
+
 def test_log_prob_broadcasts_over_a_leading_sample_dimension():
     logits = torch.randn(5, 4, 6)           # (L, B, D)
     x = torch.rand(4, 6)

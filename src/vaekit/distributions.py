@@ -180,7 +180,9 @@ class ClampedBernoulliLogDensity(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         clamped, x = ctx.saved_tensors
         g = grad.reshape(*grad.shape, *(1,) * ctx.event_ndim)
-        return torch.sigmoid(clamped).sub_(x).mul_(-g).to(ctx.dtype), None, None
+        grad_logits = torch.sigmoid(clamped).sub_(x).mul_(-g).to(ctx.dtype) if ctx.needs_input_grad[0] else None
+        grad_x = (clamped * g).sum_to_size(x.shape) if ctx.needs_input_grad[1] else None   # d/dx = l
+        return grad_logits, grad_x, None
 
 
 class Bernoulli:
