@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the z samples (default: 0)")
     ev.add_argument("--nll-k", type=int, metavar="K", help="also estimate log p(x) with K importance samples (papers: 5000)")
     ev.add_argument("--chunk-size", type=int, help="importance samples per example held in memory at once (default: "
-                    "2500 / 4: samples of 4 images per call)")
+                    "625: a call holds the samples of 4 images, 2,500 rows)")
     ev.add_argument("--precision", choices=PRECISIONS, help="of the loss terms (default: as trained), and of --nll-k "
                     "unless --nll-precision says otherwise")
     ev.add_argument("--nll-precision", choices=NLL_PRECISIONS, help="of the --nll-k estimate (default: auto: int8 "
