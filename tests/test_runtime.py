@@ -62,6 +62,21 @@ def test_int8_products_are_used_where_measured_faster(cpu, monkeypatch, flags, b
         runtime.cpu_int8_is_faster.cache_clear()
 
 
+def test_a_build_without_int8_products_is_not_faster(cpu, monkeypatch):
+    cpu("avx512_vnni avx512_bf16", 0.3)
+
+    def missing(dtype, **kw):
+        if dtype == torch.int8:
+            raise RuntimeError("_int_mm: not implemented for CPU")
+        return 0.3
+    monkeypatch.setattr(runtime, "_seconds_per_matmul", missing)
+    runtime.cpu_int8_is_faster.cache_clear()
+    try:
+        assert runtime.cpu_int8_is_faster() is False
+    finally:
+        runtime.cpu_int8_is_faster.cache_clear()
+
+
 def test_the_real_int8_timing_runs():
     assert runtime._seconds_per_matmul(torch.int8, n=64, repeats=2) > 0
 
