@@ -240,7 +240,7 @@ def write(rows: list[dict], limits: dict, fixed: dict, nll: dict | None) -> None
                      f"10,000: {nll['ratio']:.1f}x. Same weights, same {nll['pythae_images']} images: pythae "
                      f"{nll['pythae_nll_same_images']:.2f}, vaekit {nll['vaekit_nll_same_images']:.2f} nats "
                      f"(vaekit on 10,000: {nll['vaekit_nll_10000']:.2f} +- {nll['vaekit_nll_se_10000']:.2f}, "
-                     f"{nll.get('vaekit_precision', 'bf16')}).")
+                     f"{nll['vaekit_precision']}).")
         if "bf16_seconds_10000" in nll:
             lines.append(f"The same estimate in bf16, the same samples: {nll['bf16_seconds_10000']:.1f} s, "
                          f"{nll['bf16_nll_10000']:.3f} nats ({nll['vaekit_precision']} - bf16: "

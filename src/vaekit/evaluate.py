@@ -87,7 +87,7 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
     used = estimate_precision(precision, ds.device, compiled)
     keep_freed_memory()   # the chunks' buffers, reused instead of page-faulted in again at every call
     chunk_fn, used = _chunk_function(compiled, model, ds, used, min(batch_size, len(ds)), chunk)
-    precision = "bf16" if used == "int8" else used   # int8 is bf16 autocast plus the graph's int8 products
+    precision = _autocast_precision(used)
     prior = model.prior()
     # Results go into tensors allocated up front: small tensors kept from each batch would sit between
     # the chunks' large freed buffers and fragment glibc's heap (fp32 grew by 0.1 GB/s before this).
@@ -146,6 +146,11 @@ def _log_w(model, q, x: torch.Tensor, eps: torch.Tensor):
     return log_px_z + log_pz - log_qz, log_px_z
 
 
+def _autocast_precision(precision: str) -> str:
+    """The autocast of an estimate precision: int8 is bf16 autocast plus the compiled graph's int8 products."""
+    return "bf16" if precision == "int8" else precision
+
+
 def _chunk_sums(model, q, x: torch.Tensor, eps: torch.Tensor):
     """A chunk's sums over its samples, (B,) each in float64: the log-sum-exp of log w, the sum of log p(x|z) and
     the sum of log w. Reduced inside the compiled graph: reduced eagerly, a 2,500 x 1 chunk cost 0.5 ms more (the
@@ -165,12 +170,12 @@ def _chunk_function(compiled: bool, model, ds: Dataset, precision: str, batch_si
     x = ds.head(batch_size)
     y = None if ds.y is None else ds.y[:batch_size]
     try:
-        with autocast(x.device, "bf16" if precision == "int8" else precision):
+        with autocast(x.device, _autocast_precision(precision)):
             q = posterior(model.given(y), x)
             fn(model.given(y), q, x, torch.zeros(chunk, *q.noise_shape, device=x.device))
     except Exception as e:  # no C++ compiler, unsupported backend...: same numbers, eager speed
         warnings.warn(f"torch.compile failed ({type(e).__name__}); estimating log p(x) without it", stacklevel=2)
-        return _chunk_sums, "bf16" if precision == "int8" else precision
+        return _chunk_sums, _autocast_precision(precision)
     return fn, precision
 
 

@@ -40,47 +40,10 @@ MIN_SCALE = 1e-30     # an all-zero row (ReLU) quantises to zeros, not NaN
 TANH_CLAMP = 10.0   # tanh(10) = 1 - 4e-9: 1.0 in float32, and expm1(20) is far from overflow
 
 
-def _cpu_float32(node) -> bool:
-    val = node.meta.get("val")
-    return isinstance(val, torch.Tensor) and val.device.type == "cpu" and val.dtype == torch.float32
-
-
-def _insert(graph, node, target, *args):
-    """A node computing target(*args), placed before `node` and carrying its metadata."""
-    with graph.inserting_before(node):
-        new = graph.call_function(target, args)
-    new.meta.update(node.meta)
-    return new
-
-
-def unfuse_bias(graph: torch.fx.Graph) -> None:
-    """addmm(b, h, W) -> mm(h, W) + b on CPU float32 tensors (alpha = beta = 1). Not in bf16, where the
-    product would be rounded to bf16 before the bias is added."""
-    for node in list(graph.find_nodes(op="call_function", target=aten.addmm.default)):
-        if not _cpu_float32(node) or node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("beta", 1) != 1:
-            continue
-        bias, h, w = node.args[:3]
-        out = _insert(graph, node, aten.add.Tensor, _insert(graph, node, aten.mm.default, h, w), bias)
-        node.replace_all_uses_with(out)
-        graph.erase_node(node)
-
-
-def tanh_by_expm1(graph: torch.fx.Graph) -> None:
-    """tanh(h) -> e / (e + 2), e = expm1(2 clamp(h, -10, 10)) on CPU float32 tensors."""
-    for node in list(graph.find_nodes(op="call_function", target=aten.tanh.default)):
-        if not _cpu_float32(node):
-            continue
-        clamped = _insert(graph, node, aten.clamp_max.default,
-                          _insert(graph, node, aten.clamp_min.default, node.args[0], -TANH_CLAMP), TANH_CLAMP)
-        e = _insert(graph, node, aten.expm1.default, _insert(graph, node, aten.mul.Tensor, clamped, 2.0))
-        out = _insert(graph, node, aten.div.Tensor, e, _insert(graph, node, aten.add.Tensor, e, 2.0))
-        node.replace_all_uses_with(out)
-        graph.erase_node(node)
-
-
-def _cpu_bf16(node) -> bool:
+def _cpu(node, dtype: torch.dtype) -> bool:
+    """Whether `node` computes a CPU tensor of `dtype`."""
     val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    return isinstance(val, torch.Tensor) and val.device.type == "cpu" and val.dtype == torch.bfloat16
+    return isinstance(val, torch.Tensor) and val.device.type == "cpu" and val.dtype == dtype
 
 
 def _op(graph, before, target, *args):
@@ -103,17 +66,43 @@ def _op(graph, before, target, *args):
     return new
 
 
-def _f32(graph, before, t):
-    return _op(graph, before, prims.convert_element_type.default, t, torch.float32)
+def unfuse_bias(graph: torch.fx.Graph) -> None:
+    """addmm(b, h, W) -> mm(h, W) + b on CPU float32 tensors (alpha = beta = 1). Not in bf16, where the
+    product would be rounded to bf16 before the bias is added."""
+    for node in list(graph.find_nodes(op="call_function", target=aten.addmm.default)):
+        if not _cpu(node, torch.float32) or node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("beta", 1) != 1:
+            continue
+        bias, h, w = node.args[:3]
+        op = functools.partial(_op, graph, node)
+        out = op(aten.add.Tensor, op(aten.mm.default, h, w), bias)
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
 
 
-def _int8(graph, before, t):
-    return _op(graph, before, prims.convert_element_type.default, _op(graph, before, aten.round.default, t), torch.int8)
+def tanh_by_expm1(graph: torch.fx.Graph) -> None:
+    """tanh(h) -> e / (e + 2), e = expm1(2 clamp(h, -10, 10)) on CPU float32 tensors."""
+    for node in list(graph.find_nodes(op="call_function", target=aten.tanh.default)):
+        if not _cpu(node, torch.float32):
+            continue
+        op = functools.partial(_op, graph, node)
+        clamped = op(aten.clamp_max.default, op(aten.clamp_min.default, node.args[0], -TANH_CLAMP), TANH_CLAMP)
+        e = op(aten.expm1.default, op(aten.mul.Tensor, clamped, 2.0))
+        out = op(aten.div.Tensor, e, op(aten.add.Tensor, e, 2.0))
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
 
 
-def _scale(graph, before, span, levels: float):
+def _f32(op, t):
+    return op(prims.convert_element_type.default, t, torch.float32)
+
+
+def _int8(op, t):
+    return op(prims.convert_element_type.default, op(aten.round.default, t), torch.int8)
+
+
+def _scale(op, span, levels: float):
     """span / levels, kept away from 0 (an all-zero slice quantises to zeros, not NaN)."""
-    return _op(graph, before, aten.clamp_min.default, _op(graph, before, aten.div.Tensor, span, levels), MIN_SCALE)
+    return op(aten.clamp_min.default, op(aten.div.Tensor, span, levels), MIN_SCALE)
 
 
 def int8_products(graph: torch.fx.Graph) -> None:
@@ -132,22 +121,22 @@ def int8_products(graph: torch.fx.Graph) -> None:
         bias, h, w = node.args[:3] if addmm else (None, *node.args[:2])
         if addmm and (node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("beta", 1) != 1):
             continue
-        if not (_cpu_bf16(node) and _cpu_bf16(h) and _cpu_bf16(w)) or h.meta["val"].shape[1] < INT8_MIN_INNER:
+        if not all(_cpu(n, torch.bfloat16) for n in (node, h, w)) or h.meta["val"].shape[1] < INT8_MIN_INNER:
             continue
         op = functools.partial(_op, graph, node)
-        h32, w32 = _f32(graph, node, h), _f32(graph, node, w)
+        h32, w32 = _f32(op, h), _f32(op, w)
         lo, hi = op(aten.amin.default, h32, [1], True), op(aten.amax.default, h32, [1], True)   # (M, 1)
-        s = _scale(graph, node, op(aten.sub.Tensor, hi, lo), 255.0)
+        s = _scale(op, op(aten.sub.Tensor, hi, lo), 255.0)
         # times 1 / scale, not divided by it: one division per row or column instead of one per element
-        q = _int8(graph, node, op(aten.sub.Tensor, op(aten.mul.Tensor, op(aten.sub.Tensor, h32, lo),
-                                                      op(aten.reciprocal.default, s)), 128.0))
-        t = _scale(graph, node, op(aten.amax.default, op(aten.abs.default, w32), [0], True), 127.0)   # (1, N)
-        c = _int8(graph, node, op(aten.mul.Tensor, w32, op(aten.reciprocal.default, t)))
-        c_sum = op(aten.mul.Tensor, op(aten.sum.dim_IntList, _f32(graph, node, c), [0], True), t)   # t sum_k c, (1, N)
-        out = op(aten.mul.Tensor, op(aten.mul.Tensor, _f32(graph, node, op(aten._int_mm.default, q, c)), s), t)
+        q = _int8(op, op(aten.sub.Tensor, op(aten.mul.Tensor, op(aten.sub.Tensor, h32, lo), op(aten.reciprocal.default, s)),
+                         128.0))
+        t = _scale(op, op(aten.amax.default, op(aten.abs.default, w32), [0], True), 127.0)   # (1, N)
+        c = _int8(op, op(aten.mul.Tensor, w32, op(aten.reciprocal.default, t)))
+        c_sum = op(aten.mul.Tensor, op(aten.sum.dim_IntList, _f32(op, c), [0], True), t)   # t sum_k c, (1, N)
+        out = op(aten.mul.Tensor, op(aten.mul.Tensor, _f32(op, op(aten._int_mm.default, q, c)), s), t)
         out = op(aten.add.Tensor, out, op(aten.mul.Tensor, op(aten.add.Tensor, op(aten.mul.Tensor, s, 128.0), lo), c_sum))
         if addmm:
-            out = op(aten.add.Tensor, out, _f32(graph, node, bias))
+            out = op(aten.add.Tensor, out, _f32(op, bias))
         out = op(prims.convert_element_type.default, out, torch.bfloat16)
         node.replace_all_uses_with(out)
         graph.erase_node(node)

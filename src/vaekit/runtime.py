@@ -73,6 +73,7 @@ def _measured_once(name: str, flags: tuple[str, ...], fast: torch.dtype, slow: t
         return False
     if not any(flag in cpuinfo for flag in flags):
         return False
+    # bf16's answer keeps the key it had before int8 was measured too, so earlier caches stay valid
     path, key = cache_dir() / "precision.json", _machine_key(cpuinfo) + ("" if name == "bf16" else f":{name}")
     try:
         cached = json.loads(path.read_text())
