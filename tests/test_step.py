@@ -56,8 +56,8 @@ def test_every_variant_gives_the_same_numbers_compiled(monkeypatch, name, loss, 
     tcfg = TrainConfig(loss=loss, mc_samples=2 if loss == "iwae" else 1, precision="fp32")
     ctx = LossContext(tcfg, 0.5, 40)
     model, x, y = _model_and_batch(name, prior, posterior)
-    eager = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=False)
-    compiled = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=True, log=pytest.fail)   # no fallback
+    eager = Step(model, get_loss(loss), "fp32", batch_sizes=(8,), compiled=False)
+    compiled = Step(model, get_loss(loss), "fp32", batch_sizes=(8,), compiled=True, log=pytest.fail)   # no fallback
     sums_e, grads_e = _grads_after(model, lambda: eager(x, y, ctx))
     sums_c, grads_c = _grads_after(model, lambda: compiled(x, y, ctx))
     assert compiled.compiled and sums_e.shape == (3,)
@@ -72,7 +72,7 @@ def test_the_step_sums_the_loss_terms_and_gives_the_mean_loss_gradient():
     model, x, _ = _model_and_batch("vae")
     tcfg = TrainConfig(precision="fp32")
     ctx = LossContext(tcfg, 1.0, 40)
-    step = Step(model, get_loss("elbo"), "fp32", batch_size=8, compiled=False)
+    step = Step(model, get_loss("elbo"), "fp32", batch_sizes=(8,), compiled=False)
     sums, grads = _grads_after(model, lambda: step(x, None, ctx))
     torch.manual_seed(1)
     terms = get_loss("elbo")(model, x, ctx)   # independently: autograd of the batch mean
@@ -92,9 +92,9 @@ def test_a_failed_compile_falls_back_to_the_eager_step(monkeypatch):
     model, x, _ = _model_and_batch("vae")
     ctx = LossContext(TrainConfig(precision="fp32"), 1.0, 40)
     notes = []
-    step = Step(model, get_loss("elbo"), "fp32", batch_size=8, compiled=True, log=notes.append)
+    step = Step(model, get_loss("elbo"), "fp32", batch_sizes=(8,), compiled=True, log=notes.append)
     sums_fallback, _ = _grads_after(model, lambda: step(x, None, ctx))
-    eager = Step(model, get_loss("elbo"), "fp32", batch_size=8, compiled=False)
+    eager = Step(model, get_loss("elbo"), "fp32", batch_sizes=(8,), compiled=False)
     sums_eager, _ = _grads_after(model, lambda: eager(x, None, ctx))
     assert not step.compiled and len(notes) == 1
     assert "torch.compile failed here (RuntimeError: no C++ compiler)" in notes[0] and "--compile off" in notes[0]
@@ -114,8 +114,8 @@ def test_a_schedule_that_moves_every_step_is_one_graph(monkeypatch, loss, schedu
     torch.compiler.reset()   # graphs other tests compiled for the same function would serve these steps
     model, x, _ = _model_and_batch("vae")
     tcfg = TrainConfig(loss=loss, precision="fp32", **schedule)
-    compiled = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=True, log=pytest.fail)
-    eager = Step(model, get_loss(loss), "fp32", batch_size=8, compiled=False)
+    compiled = Step(model, get_loss(loss), "fp32", batch_sizes=(8,), compiled=True, log=pytest.fail)
+    eager = Step(model, get_loss(loss), "fp32", batch_sizes=(8,), compiled=False)
     for epoch in (0.1, 0.2, 0.35, 0.5, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0):
         ctx = LossContext(tcfg, epoch, 40)
         sums_c, _ = _grads_after(model, lambda ctx=ctx: compiled(x, None, ctx))
@@ -147,7 +147,7 @@ def test_a_batch_of_another_size_runs_eagerly(monkeypatch):
         return run
     monkeypatch.setattr(step_module, "_compile", counting)
     model, x, _ = _model_and_batch("vae")
-    step = Step(model, get_loss("elbo"), "fp32", batch_size=8, compiled=True)
+    step = Step(model, get_loss("elbo"), "fp32", batch_sizes=(8,), compiled=True)
     ctx = LossContext(TrainConfig(precision="fp32"), 1.0, 40)
     step(x, None, ctx)
     step(x[:5], None, ctx)

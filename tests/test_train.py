@@ -177,3 +177,25 @@ def test_learning_rate_schedules_and_warm_up():
     warm = TrainConfig(lr=0.01, lr_warmup_epochs=2.0)
     assert [learning_rate(warm, p) for p in (0.5, 1.0, 2.0, 3.0)] == pytest.approx([0.0025, 0.005, 0.01, 0.01])
     assert learning_rate(TrainConfig(lr=0.01), 2.7) == 0.01      # constant: the same at every step
+
+
+def test_batch_growth_by_epoch_trains_resumes_exactly_and_refuses_impossible_schedules(tmp_path):
+    from vaekit.config import ConfigError
+    from vaekit.schedules import batch_size_at, steps_in
+
+    grown = TrainConfig(batch_size=16, batch_growth=[[2, 64], [3, 128]])   # lists, as JSON and argparse give them
+    assert grown.batch_growth == ((2, 64), (3, 128))
+    assert [batch_size_at(grown, e) for e in range(5)] == [16, 16, 64, 128, 128]
+    assert steps_in(grown, 1000, 0, 4) == 63 + 63 + 16 + 8
+    for bad in [((0, 64),), ((2, 64), (2, 128)), ((3, 64), (2, 128)), ((2, 0),)]:
+        with pytest.raises(ConfigError, match="batch_growth"):
+            TrainConfig(batch_growth=bad)
+    config = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=4, batch_growth=((2, 64),)))
+    data = load_data(config.data)
+    straight = quiet(config, tmp_path / "a", data=data)
+    assert [r["batch_size"] for r in straight.history] == [16, 16, 64, 64]
+    quiet(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=3)), tmp_path / "b", data=data)
+    resumed = quiet(config, tmp_path / "b", data=data, resume=True)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    assert RunConfig.load(tmp_path / "b" / "config.json").train.batch_growth == ((2, 64),)   # saved and read back

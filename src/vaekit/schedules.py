@@ -1,4 +1,5 @@
-"""Schedules of the training loop: the learning rate by epoch, and which network an alternating step updates."""
+"""Schedules of the training loop: the learning rate and the batch size by epoch, and which network an alternating
+step updates."""
 
 from __future__ import annotations
 
@@ -45,3 +46,18 @@ def learning_rate(tcfg: TrainConfig, progress: float) -> float:
     """The learning rate at `progress` epochs into training (fractional: it may change every step)."""
     warm = min(1.0, (progress + 1e-12) / tcfg.lr_warmup_epochs) if tcfg.lr_warmup_epochs > 0 else 1.0
     return tcfg.lr * warm * LR_SCHEDULES[tcfg.lr_schedule](tcfg, progress)
+
+
+def batch_size_at(tcfg: TrainConfig, epoch: int) -> int:
+    """The examples per step in epoch `epoch` (counting from 0): --batch-size, or the last --batch-size-from whose
+    epoch has come."""
+    size = tcfg.batch_size
+    for start, grown in tcfg.batch_growth:
+        if epoch >= start:
+            size = grown
+    return size
+
+
+def steps_in(tcfg: TrainConfig, n: int, first: int, last: int) -> int:
+    """Optimiser steps over n examples in epochs first..last-1."""
+    return sum(math.ceil(n / batch_size_at(tcfg, e)) for e in range(first, last))

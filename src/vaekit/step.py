@@ -66,10 +66,11 @@ def loss_and_sums(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | None, 
 
 
 class Step:
-    """forward_backward for one model, loss and precision; compiled for batches of `batch_size` when asked; with
-    several processes, each computes its rows of the global batch and DDP averages the gradients."""
+    """forward_backward for one model, loss and precision; compiled for full batches (of each of `batch_sizes`, a
+    graph per size) when asked; with several processes, each computes its rows of the global batch and DDP
+    averages the gradients."""
 
-    def __init__(self, model, loss_fn: Callable, precision: str, batch_size: int, compiled: bool, log=print,
+    def __init__(self, model, loss_fn: Callable, precision: str, batch_sizes: tuple[int, ...], compiled: bool, log=print,
                  world: World = ALONE):
         self.world, self.log, self.compiled = world, log, compiled
         self.terms_of = LossTerms(model, loss_fn, precision)
@@ -83,8 +84,8 @@ class Step:
             # VQ-VAE's code prior, fitted after training)
             self.terms_of = ddp(self.terms_of, device_ids=[model.device] if model.device.type == "cuda" else None,
                                 static_graph=True, **no_sync)
-        lo, hi = world.rows(batch_size)
-        self.batch_size = hi - lo            # the rows of a full batch this process computes
+        # the rows of a full batch this process computes, for each batch size of the run
+        self.full_rows = {hi - lo for lo, hi in map(world.rows, batch_sizes)}
         self._compiled_fn = _compile(loss_and_sums) if compiled else None
         self._tried = False
 
@@ -95,7 +96,7 @@ class Step:
             return self._run(x, y, ctx, scale)
 
     def _run(self, x, y, ctx, scale):
-        if self._compiled_fn is None or len(x) != self.batch_size:
+        if self._compiled_fn is None or len(x) not in self.full_rows:
             return forward_backward(self.terms_of, x, y, ctx, scale)
         first, self._tried = not self._tried, True
         # the epoch as a tensor input: as a float the graph would hold it as a constant and recompile every step

@@ -34,7 +34,7 @@ from .objectives import LossContext, get_loss
 from .resolve import check_applicable, check_names, check_support, differences, reads_of, resolve
 from .rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
 from .runtime import idle_cpus, resolve_device, resolve_precision, resolve_threads, warm_up_compiler
-from .schedules import hold_fixed, learning_rate
+from .schedules import batch_size_at, hold_fixed, learning_rate, steps_in
 from .signals import Interrupted, stop_on_signals
 from .step import TERMS, Step, should_compile
 
@@ -138,9 +138,10 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
         raise
     # DistributedDataParallel's set-up is a collective: only once every process is known to be ready
     tcfg = s.config.train
-    steps_left = max(0, tcfg.epochs - s.start) * math.ceil(len(s.train) / tcfg.batch_size)
+    steps_left = steps_in(tcfg, len(s.train), s.start, tcfg.epochs)
     compiled = should_compile(tcfg.compile, steps_left, world.distributed)
-    s.step = Step(s.model, get_loss(tcfg.loss), s.precision, tcfg.batch_size, compiled, log, world)
+    sizes = tuple(dict.fromkeys(batch_size_at(tcfg, e) for e in range(s.start, max(tcfg.epochs, s.start + 1))))
+    s.step = Step(s.model, get_loss(tcfg.loss), s.precision, sizes, compiled, log, world)
     if s.start < tcfg.epochs:
         log(banner(s))
     else:
@@ -304,7 +305,8 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     tcfg, model, n = s.config.train, s.model, len(s.train)
     model.train()
     ctx = LossContext(tcfg, epoch, n)
-    steps_per_epoch = math.ceil(n / tcfg.batch_size)
+    batch_size = batch_size_at(tcfg, epoch)
+    steps_per_epoch, steps_before = math.ceil(n / batch_size), steps_in(tcfg, n, 0, epoch)
     position, s.position = s.position, None
     if position is None:   # a fresh epoch: its permutation is the generator's next draw
         epoch_rng, start, sums = s.generator.get_state(), 0, {**dict.fromkeys(TERMS, 0.0), "seen": 0.0}
@@ -317,17 +319,17 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         s.generator.set_state(data_rng)
     t0 = last_save = time.perf_counter()
     params = list(model.parameters())
-    bar = tqdm(total=n, initial=min(n, start * tcfg.batch_size), unit="img", unit_scale=True, leave=False,
+    bar = tqdm(total=n, initial=min(n, start * batch_size), unit="img", unit_scale=True, leave=False,
                desc=f"epoch {epoch + 1}/{tcfg.epochs}") if progress else None
-    for i, (xb, yb, shard) in enumerate(shard_batches(s.train, tcfg.batch_size, s.world, s.generator, order=order,
+    for i, (xb, yb, shard) in enumerate(shard_batches(s.train, batch_size, s.world, s.generator, order=order,
                                                       start=start), start):
         lr = learning_rate(tcfg, epoch + i / steps_per_epoch) * s.guard.lr_scale
         for group in s.optimizer.param_groups:
             group["lr"] = lr
         s.optimizer.zero_grad(set_to_none=True)
-        sums_now = s.step(xb, yb, dataclasses.replace(ctx, epoch=epoch + i * tcfg.batch_size / n), shard)
+        sums_now = s.step(xb, yb, dataclasses.replace(ctx, epoch=epoch + i * batch_size / n), shard)
         if tcfg.schedule == "alternating":
-            hold_fixed(model, tcfg, epoch * steps_per_epoch + i)
+            hold_fixed(model, tcfg, steps_before + i)
         values = torch.cat([sums_now, step_is_finite(sums_now, params)[None]])   # TERMS' sums, then finite
         due = bool(s.stop_signal) or time.perf_counter() - last_save >= 60 * tcfg.checkpoint_every
         if s.world.distributed:   # every process takes the same decisions: the step, and saving now
@@ -356,7 +358,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     sums = _summed_over_processes(s, sums)
     seen = max(sums.pop("seen"), 1.0)
     means = {f"train_{k}": v / seen for k, v in sums.items()}
-    record = {"epoch": epoch + 1, "lr": learning_rate(tcfg, epoch + (steps_per_epoch - 1) / steps_per_epoch) * s.guard.lr_scale,
+    record = {"epoch": epoch + 1, "batch_size": batch_size, "lr": learning_rate(tcfg, epoch + (steps_per_epoch - 1) / steps_per_epoch) * s.guard.lr_scale,
               **means,
               "train_neg_elbo": means["train_recon"] + means["train_kl"]}
     if s.guard.skipped or s.guard.rollbacks:
