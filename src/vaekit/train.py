@@ -358,8 +358,8 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     sums = _summed_over_processes(s, sums)
     seen = max(sums.pop("seen"), 1.0)
     means = {f"train_{k}": v / seen for k, v in sums.items()}
-    record = {"epoch": epoch + 1, "batch_size": batch_size, "lr": learning_rate(tcfg, epoch + (steps_per_epoch - 1) / steps_per_epoch) * s.guard.lr_scale,
-              **means,
+    last_lr = learning_rate(tcfg, epoch + (steps_per_epoch - 1) / steps_per_epoch) * s.guard.lr_scale
+    record = {"epoch": epoch + 1, "batch_size": batch_size, "lr": last_lr, **means,
               "train_neg_elbo": means["train_recon"] + means["train_kl"]}
     if s.guard.skipped or s.guard.rollbacks:
         record.update(skipped_steps=s.guard.skipped, rollbacks=s.guard.rollbacks)
