@@ -8,8 +8,9 @@ Contestants, each a fresh process on grey MNIST with the pytorch/examples networ
 
 Columns: the time from the command's start to the end of the training that reaches test -ELBO <= TARGET (the
 peers' per-epoch test pass is left out of their clock; vaekit's test -ELBO is scored after its run, unclocked),
-training images/s (median over epochs) and that as % of the bf16 and the fp32 matmul limit measured at the start
-of this run (2048^2 products), images/s with another process spinning on one core and its ratio to idle, and
+training images/s (median over epochs; vaekit's also by batch size, where its recipe grows the batch) and that
+as % of the bf16 and the fp32 matmul limit measured at the start of this run (2048^2 products), images/s with
+another process spinning on one core and its ratio to idle, and
 vaekit's fixed cost (`vaekit train --epochs 0` less `python -c "import torch"`). Last, the k = 5,000 likelihood:
 pythae's get_nll on 100 test images (scaled x100) against vaekit's estimate on all 10,000, on the same weights
 (vaekit's, copied into pythae's model), and the two estimates on the same 100 images.
@@ -88,7 +89,10 @@ def run_vaekit(run_dir: Path, epochs: int | None = None, busy: bool = False) -> 
                         "--no-report", "--no-progress", *extra], check=True, stdout=subprocess.DEVNULL)
         wall = time.time() - t0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    out = {"wall": wall, "images_per_s": statistics.median(r["images_per_s"] for r in rows), "epochs": len(rows)}
+    sizes = sorted({r["batch_size"] for r in rows})   # the recipe may grow its batch (--batch-size-from)
+    out = {"wall": wall, "images_per_s": statistics.median(r["images_per_s"] for r in rows), "epochs": len(rows),
+           "images_per_s_by_batch_size": {b: statistics.median(r["images_per_s"] for r in rows if r["batch_size"] == b)
+                                          for b in sizes}}
     if epochs is None:
         from vaekit.evaluate import evaluate_run  # noqa: PLC0415  (after the clock: the test score is not timed)
         out["test_neg_elbo"] = evaluate_run(run_dir)["neg_elbo"]
@@ -207,9 +211,17 @@ def main() -> None:
                      "epochs": [x["epochs"] for x in runs[name]], "images_per_s": ips,
                      "pct_bf16_limit": 100 * ips * FLOPS_PER_IMAGE / 1e9 / limits["bf16_gflops"],
                      "pct_fp32_limit": 100 * ips * FLOPS_PER_IMAGE / 1e9 / limits["fp32_gflops"],
+                     "images_per_s_by_batch_size": _by_batch_size(runs[name]),
                      "busy_images_per_s": statistics.median(b["busy"] for b in busy[name]),
                      "busy_over_idle": statistics.median(b["busy"] / b["idle"] for b in busy[name])})
     write(rows, limits, fixed, nll)
+
+
+def _by_batch_size(runs: list[dict]) -> dict:
+    """The median images/s of the runs' epochs at each batch size (vaekit's recipe only; {} for the peers)."""
+    sizes = sorted({b for r in runs for b in r.get("images_per_s_by_batch_size", {})})
+    return {b: statistics.median(r["images_per_s_by_batch_size"][b] for r in runs if b in r["images_per_s_by_batch_size"])
+            for b in sizes}
 
 
 def write(rows: list[dict], limits: dict, fixed: dict, nll: dict | None) -> None:
@@ -231,7 +243,13 @@ def write(rows: list[dict], limits: dict, fixed: dict, nll: dict | None) -> None
         lines.append(f"| {r['contestant']} | {t(r['time_to_target_s'])} ({', '.join(t(v) for v in r['each_time_to_target_s'])}) | "
                      f"{ratio} | {', '.join(map(str, r['test_neg_elbo']))} | {r['images_per_s']:,.0f} | {r['pct_bf16_limit']:.0f}% | "
                      f"{r['pct_fp32_limit']:.0f}% | {r['busy_images_per_s']:,.0f} | {r['busy_over_idle']:.2f} |")
-    lines += ["", f"Matmul limits measured in this run (2048^2): bf16 {limits['bf16_gflops']:.0f}, fp32 {limits['fp32_gflops']:.0f} GFLOP/s.",
+    lines += ["", f"Matmul limits measured in this run (2048^2): bf16 {limits['bf16_gflops']:.0f}, fp32 {limits['fp32_gflops']:.0f} GFLOP/s."]
+    for r in rows:
+        if len(r["images_per_s_by_batch_size"]) > 1:
+            lines.append(f"{r['contestant']}, its epochs by batch size: " + ", ".join(
+                f"{b}: {v:,.0f} images/s ({100 * v * FLOPS_PER_IMAGE / 1e9 / limits['bf16_gflops']:.0f}% of the bf16 limit)"
+                for b, v in r["images_per_s_by_batch_size"].items()) + ".")
+    lines += [
               f"vaekit's fixed cost: `vaekit train --epochs 0` {fixed['vaekit_epochs0_s']:.2f} s, `python -c \"import torch\"` "
               f"{fixed['import_torch_s']:.2f} s: {fixed['beyond_torch_s']:.2f} s beyond torch (medians of 3)."]
     if nll:
