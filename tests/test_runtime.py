@@ -94,11 +94,13 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
         return [torch.ones(2 << 20) for _ in range(4)]   # four 8 MiB buffers
 
     faults = []
-    for _ in range(5):
+    for _ in range(8):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         call()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    assert max(faults[2:]) < 400, faults     # the first calls grow the heap; after that, (almost) no page faults
+    # the first calls grow the heap (in a long test session, whose heap holds other blocks, up to three calls:
+    # 4,598, 8,192 and 2,048 faults once); after that, (almost) no page faults
+    assert max(faults[4:]) < 400, faults
 
 
 def test_an_absent_gpu_is_a_config_error():
