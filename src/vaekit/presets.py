@@ -14,13 +14,13 @@ PRESETS = {
     ),
     # The pytorch-examples network trained for the least wall-clock time to its published test -ELBO (105.6):
     # every training image (no hold-out), a 1-epoch warm-up to lr 2e-2, then cosine to 0 over 5 epochs, batch 256
-    # and in the last epoch 1024 (about 1.3x the images/s of 256 here; the learning rate is near 0 by then).
-    # Measured on this project's 2-core AMD EPYC (bf16), `vaekit train` then `vaekit eval`, interleaved, 2026-11-26:
-    # test -ELBO 105.31, 105.35, 105.36 for seeds 0, 1, 2 in 4.6-5.1 s from the command's start, against 4.8-5.2 s
-    # for 105.13-105.19 with batch 256 throughout. Tried the same day: 1024 from epoch 3 over 7 epochs 105.05 but
-    # 5.7-6.6 s; from epoch 2 over 5, 6 or 7 epochs 106.70, 106.25, 105.76; 512 in the last epoch 105.21 in 5.0 s;
-    # 512 then 1024 in the last two 105.55. Before: lr 1.5e-2 over 6 epochs gave 104.60 in 8.0 s, over 5 epochs
-    # 105.28-105.55; a half-epoch warm-up 106.02; the constant-lr recipe (batch 256, lr 2e-3, 12 epochs) 105.68 in 11.9 s.
+    # and in the last epoch 1024 (the learning rate is near 0 by then). Measured on this project's 2-core AMD EPYC
+    # (bf16) with benchmarks/recipes.py, 5 interleaved rounds, 2026-11-26: test -ELBO 105.31 (seeds 1, 2: 105.35,
+    # 105.36) in a median 4.68 s from the command's start, faster in every round than batch 256 throughout (105.13
+    # in 4.85 s): its last epoch ran at 123k images/s against 90k at 256. (6 rounds while the VM was busy: a tie.)
+    # 1024 from epoch 3 over 7 epochs gave 105.05 but is slower; from epoch 2 over 5, 6 or 7 epochs 106.70, 106.25,
+    # 105.76. Earlier: lr 1.5e-2 over 6 epochs 104.60 in 8.0 s, over 5 epochs 105.28-105.55; a half-epoch warm-up
+    # 106.02; the constant-lr recipe (batch 256, lr 2e-3, 12 epochs) 105.68 in 11.9 s.
     "mnist-fast": RunConfig(
         ModelConfig(latent_dim=20, hidden_dims=(400,), activation="relu"),
         DataConfig("mnist", pixels="grey", val_size=0),
