@@ -95,8 +95,10 @@ def test_two_processes_train_the_weights_of_one(tmp_path, model):
 
 
 def test_a_killed_two_process_run_resumes_bit_exactly(tmp_path):
-    """Also: the uninterrupted 2-process VAE trains the weights 1 process trains, up to the order of sums."""
-    flags = [*TINY, "--epochs", "3", "--checkpoint-every", "0.0001"]   # a checkpoint at every step
+    """Also: the uninterrupted 2-process VAE trains the weights 1 process trains, up to the order of sums, with a
+    batch that grows in its last epoch."""
+    flags = [*TINY, "--epochs", "3", "--checkpoint-every", "0.0001",    # a checkpoint at every step
+             "--batch-size-from", "2", "128"]
     whole = _vaekit("--nproc", "2", "--run-dir", str(tmp_path / "whole"), *flags)
     assert whole.returncode == 0, whole.stderr
     assert "2 processes" in whole.stdout and whole.stdout.count("epoch 3/3") == 1   # process 0 alone logs
