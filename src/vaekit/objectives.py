@@ -50,23 +50,26 @@ def elbo(model, x: torch.Tensor, ctx: LossContext) -> dict[str, torch.Tensor]:
 
 
 def recon_and_kl(model, x: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """-E_q[log p(x|z)] over mc_samples samples and KL(q(z|x) || p(z)), each (B,)."""
+    """-E_q[log p(x|z)] over mc_samples samples and KL(q(z|x) || p(z)), each (B,). With the closed-form KL, log q(z|x)
+    and log p(z) at the samples are not computed (the same samples: the noise is drawn the same way)."""
     q = posterior(model, x)
+    closed = closed_form_kl(model, q, cfg.kl)
+    if closed is not None:
+        return -model.decode(q.rsample(cfg.mc_samples)).log_prob(x).mean(0), closed
     log_px_z, log_pz, log_qz = log_weights(model, q, x, cfg.mc_samples)
-    return -log_px_z.mean(0), kl_divergence(model, q, log_qz - log_pz, cfg.kl)
+    return -log_px_z.mean(0), (log_qz - log_pz).mean(0)   # the Monte Carlo KL over the same samples
 
 
-def kl_divergence(model, q, log_ratio: torch.Tensor, mode: str) -> torch.Tensor:
-    """KL(q(z|x) || p(z)), (B,): the prior's closed form (mode analytic or auto, where it has one), else
-    the Monte Carlo mean of log q(z|x) - log p(z) over the samples (log_ratio (L, B))."""
-    if mode != "mc":
-        closed = model.prior().kl(q)
-        if closed is not None:
-            return closed
-        if mode == "analytic":
-            raise ConfigError(f"the prior {model.prior().name} has no closed-form KL with this posterior "
-                              f"({field_ref(TrainConfig, 'kl')}); use --kl auto or mc")
-    return log_ratio.mean(0)
+def closed_form_kl(model, q, mode: str) -> torch.Tensor | None:
+    """KL(q(z|x) || p(z)), (B,), in the prior's closed form (mode analytic or auto, where it has one); None where the
+    KL is to be the Monte Carlo mean of log q(z|x) - log p(z) (mode mc, or auto without a closed form)."""
+    if mode == "mc":
+        return None
+    closed = model.prior().kl(q)
+    if closed is None and mode == "analytic":
+        raise ConfigError(f"the prior {model.prior().name} has no closed-form KL with this posterior "
+                          f"({field_ref(TrainConfig, 'kl')}); use --kl auto or mc")
+    return closed
 
 
 def kl_weight(cfg: TrainConfig, epoch: float | torch.Tensor) -> float | torch.Tensor:
