@@ -12,30 +12,15 @@ the command times, the test -ELBO of each round, and the median images/s over ep
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
-from vaekit.evaluate import evaluate_run  # noqa: E402
-
-
-def run(flags: list[str], run_dir: Path) -> dict:
-    t0 = time.time()
-    subprocess.run([sys.executable, "-m", "vaekit", "train", "--preset", "mnist-fast", "--run-dir", str(run_dir),
-                    "--no-report", "--no-progress", *flags], check=True, stdout=subprocess.DEVNULL)
-    wall = time.time() - t0
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    by_size = {b: statistics.median(r["images_per_s"] for r in rows if r["batch_size"] == b)
-               for b in sorted({r["batch_size"] for r in rows})}
-    return {"wall": wall, "test_neg_elbo": evaluate_run(run_dir)["neg_elbo"], "epochs": len(rows),
-            "images_per_s": statistics.median(r["images_per_s"] for r in rows), "by_batch_size": by_size}
+from speed import run_vaekit  # noqa: E402
 
 
 def main() -> None:
@@ -53,7 +38,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for r in range(args.rounds):
             for i, (name, flags) in enumerate(recipes.items()):
-                results[name].append(run(flags, Path(d) / f"{r}-{i}"))
+                results[name].append(run_vaekit(Path(d) / f"{r}-{i}", flags))
                 last = results[name][-1]
                 print(f"round {r + 1} {name:30s} {last['wall']:5.2f} s  test {last['test_neg_elbo']:.2f}  "
                       f"{last['images_per_s']:,.0f} images/s", flush=True)
@@ -62,7 +47,8 @@ def main() -> None:
               "median s": statistics.median(x["wall"] for x in runs),
               "test -ELBO": ", ".join(sorted({f"{x['test_neg_elbo']:.2f}" for x in runs})),
               "images/s by batch size": ", ".join(
-                  f"{b}: {statistics.median(x['by_batch_size'][b] for x in runs):,.0f}" for b in runs[0]["by_batch_size"])}
+                  f"{b}: {statistics.median(x['images_per_s_by_batch_size'][b] for x in runs):,.0f}"
+                  for b in runs[0]["images_per_s_by_batch_size"])}
              for name, runs in results.items()]
     write("recipes", {"rounds": args.rounds, "runs": results}, table,
           ["recipe", "flags", "command s (each round)", "median s", "test -ELBO", "images/s by batch size"])

@@ -58,6 +58,11 @@ def batch_size_at(tcfg: TrainConfig, epoch: int) -> int:
     return size
 
 
+def batch_sizes(tcfg: TrainConfig, first: int, last: int) -> tuple[int, ...]:
+    """The distinct batch sizes of epochs first..last-1, in order (the first epoch's alone where there are none)."""
+    return tuple(dict.fromkeys(batch_size_at(tcfg, e) for e in range(first, last))) or (batch_size_at(tcfg, first),)
+
+
 def steps_in(tcfg: TrainConfig, n: int, first: int, last: int) -> int:
     """Optimiser steps over n examples in epochs first..last-1."""
     return sum(math.ceil(n / batch_size_at(tcfg, e)) for e in range(first, last))

@@ -34,7 +34,7 @@ from .objectives import LossContext, get_loss
 from .resolve import check_applicable, check_names, check_support, differences, reads_of, resolve
 from .rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
 from .runtime import idle_cpus, resolve_device, resolve_precision, resolve_threads, warm_up_compiler
-from .schedules import batch_size_at, hold_fixed, learning_rate, steps_in
+from .schedules import batch_size_at, batch_sizes, hold_fixed, learning_rate, steps_in
 from .signals import Interrupted, stop_on_signals
 from .step import TERMS, Step, should_compile
 
@@ -140,8 +140,8 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     tcfg = s.config.train
     steps_left = steps_in(tcfg, len(s.train), s.start, tcfg.epochs)
     compiled = should_compile(tcfg.compile, steps_left, world.distributed)
-    sizes = tuple(dict.fromkeys(batch_size_at(tcfg, e) for e in range(s.start, max(tcfg.epochs, s.start + 1))))
-    s.step = Step(s.model, get_loss(tcfg.loss), s.precision, sizes, compiled, log, world)
+    s.step = Step(s.model, get_loss(tcfg.loss), s.precision, batch_sizes(tcfg, s.start, tcfg.epochs), compiled, log,
+                  world)
     if s.start < tcfg.epochs:
         log(banner(s))
     else:
