@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from vaekit.adam import FusedAdam, make_adam
+from vaekit.adam import FusedAdam, adam_update, make_adam, step_factors
 
 
 def _net(seed=0):
@@ -85,3 +85,36 @@ def test_make_adam_falls_back_to_torch_optim_without_the_fused_kernel(monkeypatc
     assert isinstance(make_adam(params, 1e-3, 1e-8), FusedAdam)
     monkeypatch.delattr(torch, "_fused_adam_")
     assert isinstance(make_adam(params, 1e-3, 1e-8), torch.optim.Adam)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 1e-4])
+def test_the_compiled_steps_adam_update_is_torchs_adam(eps):
+    """adam_update (the arithmetic the one-graph compiled step runs) against torch.optim.Adam's for-loop
+    implementation, an independent one, with the learning rate changed every step; a step it is told not to take
+    (the guard's skipped step) moves nothing, the step counts included."""
+    ours_net, torch_net = _net(), _net()
+    theirs = torch.optim.Adam(torch_net.parameters(), lr=3e-2, eps=eps, foreach=False)
+    params = list(ours_net.parameters())
+    moments = [[torch.zeros_like(p) for p in params] for _ in range(2)]
+    steps = [torch.zeros(()) for _ in params]
+    g = torch.Generator().manual_seed(1)
+    for i in range(12):
+        x = torch.randn(4, 5, generator=g)
+        lr = 3e-2 / (1 + i)
+        theirs.param_groups[0]["lr"] = lr
+        _step(torch_net, theirs, x)
+        grads = torch.autograd.grad(ours_net(x).pow(2).sum(), params)
+        if i == 5:   # a skipped step first: nothing may change
+            before = [t.clone() for t in (*params, *moments[0], *moments[1], *steps)]
+            adam_update(params, [gr * float("nan") for gr in grads], *moments, steps,
+                        step_factors(steps, lr, (0.9, 0.999)), torch.tensor(False), (0.9, 0.999), eps)
+            assert all(torch.equal(a, b) for a, b in zip(before, (*params, *moments[0], *moments[1], *steps), strict=True))
+        adam_update(params, grads, *moments, steps, step_factors(steps, lr, (0.9, 0.999)), torch.tensor(True),
+                    (0.9, 0.999), eps)
+    for a, b in zip(params, torch_net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for p, m, v, step in zip(torch_net.parameters(), *moments, steps, strict=True):
+        state = theirs.state[p]
+        torch.testing.assert_close(m, state["exp_avg"])
+        torch.testing.assert_close(v, state["exp_avg_sq"])
+        assert float(step) == float(state["step"]) == 12

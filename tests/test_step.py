@@ -2,6 +2,7 @@
 eager, with the same numbers; a failed compile falls back; the last, smaller batch runs eagerly; and a
 compiled run resumes bit-exactly."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from conftest import synthetic_splits
 from vaekit import MODELS, POSTERIORS, PRIORS, ModelConfig, RunConfig, TrainConfig, fit
 from vaekit import step as step_module
+from vaekit.adam import FusedAdam
 from vaekit.checkpoint import load_model
 from vaekit.cli import main
 from vaekit.errors import ConfigError
@@ -20,6 +22,7 @@ from vaekit.step import COMPILE_MIN_STEPS, Step, should_compile
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPE = (1, 6, 6)
+SPLIT_ONLY = {"vqvae"}   # its code prior is a GRU, which Dynamo does not trace (torch 2.13): no one-graph step
 
 
 def _variants():
@@ -66,6 +69,92 @@ def test_every_variant_gives_the_same_numbers_compiled(monkeypatch, name, loss, 
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _one_graph_and_split(model, loss: str, tcfg: TrainConfig, log=pytest.fail):
+    """The same model twice, each with its FusedAdam: one step object that runs forward, backward and Adam as one
+    graph, and the split eager step (then FusedAdam.step)."""
+    twin = copy.deepcopy(model)
+    opt_one, opt_split = FusedAdam(model.parameters(), lr=1e-2), FusedAdam(twin.parameters(), lr=1e-2)
+    one = Step(model, get_loss(loss), tcfg.precision, batch_sizes=(8,), compiled=True, log=log, optimizer=opt_one)
+    split = Step(twin, get_loss(loss), tcfg.precision, batch_sizes=(8,), compiled=False)
+    return (one, opt_one), (split, opt_split, twin)
+
+
+@pytest.mark.parametrize(("name", "loss", "prior", "posterior"), _variants())
+def test_every_variant_takes_the_same_step_in_one_graph(monkeypatch, name, loss, prior, posterior):
+    """Forward, backward and Adam's update as one graph (torch.func's gradients; aot_eager: the captured graphs,
+    no code generation) against the split eager step and FusedAdam: the same loss terms, weights and moments."""
+    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
+    tcfg = TrainConfig(loss=loss, mc_samples=2 if loss == "iwae" else 1, precision="fp32")
+    model, x, y = _model_and_batch(name, prior, posterior)
+    notes = []
+    (one, opt_one), (split, opt_split, twin) = _one_graph_and_split(model, loss, tcfg, log=notes.append)
+    if name in SPLIT_ONLY:   # falls back to the split step, with a note
+        assert one.update(x, y, LossContext(tcfg, 0.5, 40)) is None and not one.one_graph
+        assert len(notes) == 1 and "one-graph step" in notes[0]
+        return
+    assert one.one_graph
+    for epoch in (0.25, 0.5, 0.75):   # three steps: Adam's moments and bias corrections move
+        ctx = LossContext(tcfg, epoch, 40)
+        torch.manual_seed(1)   # the same noise for both
+        values = one.update(x, y, ctx)
+        torch.manual_seed(1)
+        opt_split.zero_grad()
+        sums = split(x, y, ctx)
+        opt_split.step()
+        assert not notes and values.shape == (4,) and values[3] == 1.0
+        torch.testing.assert_close(values[:3], sums, rtol=1e-5, atol=1e-5)
+    for (key, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        if q in opt_split.state:   # a parameter the loss never reaches has state only in the one-graph step: zeros
+            torch.testing.assert_close(opt_one.state[p]["exp_avg"], opt_split.state[q]["exp_avg"], rtol=1e-4, atol=1e-6)
+            assert float(opt_one.state[p]["step"]) == float(opt_split.state[q]["step"]) == 3
+        else:
+            assert not opt_one.state[p]["exp_avg"].any()
+
+
+def test_a_non_finite_step_in_one_graph_moves_nothing(monkeypatch):
+    """The guard's skipped step inside the graph: a NaN in the batch gives NaN loss terms and gradients; the flag is 0
+    and no weight, moment or step count changes."""
+    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
+    tcfg = TrainConfig(precision="fp32")
+    model, x, _ = _model_and_batch("vae")
+    (one, opt), _ = _one_graph_and_split(model, "elbo", tcfg)
+    one.update(x, None, LossContext(tcfg, 0.5, 40))   # one good step: state to compare against
+    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    values = one.update(bad, None, LossContext(tcfg, 0.6, 40))
+    assert values[3] == 0.0 and not torch.isfinite(values[:3]).all()
+    for a, b in zip(model.state_dict().values(), before[0].values(), strict=True):
+        assert torch.equal(a, b)
+    for i, state in opt.state_dict()["state"].items():
+        for k, v in state.items():
+            assert torch.equal(v, before[1]["state"][i][k]), k
+
+
+def test_a_one_graph_step_that_fails_to_compile_falls_back_to_the_split_step(monkeypatch):
+    real = step_module._compile
+
+    def one_graph_broken(fn, fullgraph=False):
+        if fn is step_module.whole_step:
+            def run(*args):
+                raise RuntimeError("torch.func cannot trace this\nmore detail")
+            return run
+        return real(fn, fullgraph)
+    monkeypatch.setattr(step_module, "_compile", one_graph_broken)
+    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
+    model, x, _ = _model_and_batch("vae")
+    notes = []
+    (one, _), _ = _one_graph_and_split(model, "elbo", TrainConfig(precision="fp32"), log=notes.append)
+    ctx = LossContext(TrainConfig(precision="fp32"), 1.0, 40)
+    assert one.update(x, None, ctx) is None and one.update(x, None, ctx) is None   # tried once, then not again
+    assert not one.one_graph and one.compiled and len(notes) == 1
+    assert "one-graph step" in notes[0] and "RuntimeError: torch.func cannot trace this" in notes[0]
+    sums, _ = _grads_after(model, lambda: one(x, None, ctx))   # the split step, compiled, still works
+    assert sums.shape == (3,)
 
 
 def test_the_step_sums_the_loss_terms_and_gives_the_mean_loss_gradient():
@@ -171,13 +260,15 @@ def _config(epochs: int) -> RunConfig:
 def test_a_compiled_run_resumes_bit_exactly_and_records_it(tmp_path):
     """Inductor for real: the noise comes from the eager generator, so resuming repeats the run exactly."""
     data = synthetic_splits(SHAPE, n=96)
-    quiet = dict(data=data, progress=False, log=lambda s: None)
+    lines = []
+    quiet = dict(data=data, progress=False, log=lines.append)
     whole = fit(_config(2), tmp_path / "whole", **quiet)
     fit(_config(1), tmp_path / "parts", **quiet)
     resumed = fit(_config(2), tmp_path / "parts", resume=True, **quiet)
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert [r["compiled"] for r in whole.history] == [True, True]
+    assert not [line for line in lines if line.startswith("note:")]   # the one-graph step, Adam inside it
     model, _, _ = load_model(tmp_path / "whole")
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
 

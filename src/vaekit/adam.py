@@ -10,6 +10,7 @@ build lacks that kernel, make_adam falls back to torch.optim.Adam.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -33,6 +34,15 @@ class FusedAdam:
             elif p.grad is not None:
                 p.grad.zero_()
 
+    def state_of(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """p's step count and moments, zeros (torch's initial state) before its first step."""
+        s = self.state.get(p)
+        if s is None:
+            s = self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return s
+
     @torch.no_grad()
     def step(self) -> None:
         group = self.param_groups[0]
@@ -40,11 +50,7 @@ class FusedAdam:
         for p in self.params:
             if p.grad is None:
                 continue
-            s = self.state.get(p)
-            if s is None:
-                s = self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
-                                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+            s = self.state_of(p)
             lists = groups.setdefault((p.device, p.dtype), [[], [], [], [], []])
             for i, t in enumerate((p, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"])):
                 lists[i].append(t)
@@ -79,6 +85,36 @@ class FusedAdam:
         lr, eps = groups[0]["lr"], groups[0]["eps"]
         self.param_groups[0].update(lr=lr, eps=eps, betas=tuple(groups[0].get("betas", DEFAULTS["betas"])))
         self.state = state
+
+
+def step_factors(steps: list[torch.Tensor], lr: float, betas: tuple[float, float]) -> torch.Tensor:
+    """For the update of each parameter's next step (its count + 1): the step size lr / (1 - beta1^t) and
+    sqrt(1 - beta2^t), (P, 2) float32, computed in float64 as the fused kernel does. Computed here, not in the
+    compiled graph, because Inductor inlines 0-d arithmetic into every element's loop (two pow() per weight)."""
+    beta1, beta2 = betas
+    rows = []
+    for t in (float(s) + 1 for s in steps):
+        rows.append((lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t)))
+    return torch.tensor(rows, dtype=torch.float64).float()
+
+
+@torch.no_grad()
+def adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], factors: torch.Tensor, take: torch.Tensor,
+                betas: tuple[float, float], eps: float) -> None:
+    """Adam's update in place as plain tensor operations, for the compiled step (step.whole_step), where Inductor
+    fuses it with the gradients' last kernels: the arithmetic of torch's fused kernel (Kingma & Ba 2015, Algorithm 1,
+    the bias corrections folded into the step size and the denominator: `factors`, from step_factors), equal to it
+    within rounding. Where `take` (a 0-d bool tensor) is False nothing moves, the step counts included: the guard's
+    skipped step."""
+    beta1, beta2 = betas
+    for i, (p, g, m, v, step) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True)):
+        m_new = m.lerp(g, 1 - beta1)
+        v_new = v * beta2 + g * g * (1 - beta2)
+        p_new = p - factors[i, 0] * m_new / (v_new.sqrt() / factors[i, 1] + eps)
+        for old, new in ((p, p_new), (m, m_new), (v, v_new)):
+            old.copy_(torch.where(take, new, old))
+        step.add_(take.to(step.dtype))
 
 
 def make_adam(params: Iterable[torch.Tensor], lr: float, eps: float):

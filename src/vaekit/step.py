@@ -1,12 +1,17 @@
 """The training step: forward, loss and backward of one batch, eager or compiled by torch.compile.
 
 Every model and loss goes through this one function; compiling changes how it runs, not what it computes.
-Inductor fuses the likelihood, the KL and their gradients into a few loops around the matrix products, and
-cuts the per-step overhead of many small kernels. Measured on this project's 2-core AMD EPYC, whole epochs of
-`vaekit train`: the iwae-paper preset (784-200-200-50, batch 20, fp32) 14.7k images/s eager, 17.6k compiled;
-the mnist-fast preset (784-400-20, batch 256, bf16) about 84k either way. A compile costs 7-8 s on a cold
-cache and 1.5-2 s once Inductor has it on disk, so 'auto' compiles only runs long enough to repay it
-(COMPILE_MIN_STEPS).
+Compiled, a full batch runs as one graph (whole_step): forward, loss, gradients (torch.func, so the backward pass
+is part of the traced program), the NaN/Inf check and Adam's update. Inductor fuses the likelihood, the KL,
+their gradients and the optimiser into about 13 loops around the matrix products, where eager torch launches
+about 150 kernels. Measured on this project's 2-core AMD EPYC (mnist-fast's 784-400-20 network, batch 256, bf16;
+whole epochs of `vaekit train`, interleaved, 2026-11-26): about 130k images/s in one graph against 80-90k eager.
+The split form, loss_and_sums compiled and its backward and Adam run after it, was no faster than eager there
+(72-84k): two graphs with their guards, and Adam's separate pass over every weight. A model torch.func or Dynamo
+cannot trace (the VQ-VAE: its code prior is a GRU) takes the split form.
+
+A compile costs 7-8 s on a cold cache and about 3 s once Inductor has it on disk, so 'auto' compiles only runs
+long enough to repay it (COMPILE_MIN_STEPS).
 
 The compiled step keeps the eager step's numbers within rounding: the noise is drawn by the same torch.randn
 (Inductor's fallback_random), so the RNG streams, and with them a resume, stay exact. A batch of another size
@@ -18,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import types
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from .adam import FusedAdam, adam_update, step_factors
 from .config import COMPILE_MODES
 from .distributed import ALONE, World
 from .distributions import batch_shard
@@ -57,6 +64,24 @@ def forward_backward(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | Non
     return sums
 
 
+def whole_step(terms_of: nn.Module, names: list[str], weights: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+               exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], factors: torch.Tensor, x: torch.Tensor,
+               y: torch.Tensor | None, ctx, betas: tuple[float, float], eps: float) -> torch.Tensor:
+    """Forward, loss, gradients (torch.func, so they are part of the traced program), the finite check and Adam's
+    update of `weights` (terms_of's trainable parameters, named `names`), taken only where the step is finite:
+    what one step of the training loop does, as one function for torch.compile. Returns TERMS' sums and the
+    finite flag, (4,)."""
+    def loss_of(ws):
+        as_given = dict(zip(names, ws, strict=True))
+        return loss_and_sums(lambda *batch: torch.func.functional_call(terms_of, as_given, batch), x, y, ctx, None)
+    grads, (_, sums) = torch.func.grad_and_value(loss_of, has_aux=True)(weights)
+    # as guard.step_is_finite, but a norm per gradient, which Inductor fuses into the loop that computes it (that
+    # function's _foreach_norm, one kernel in eager, made the compiled step 1.5x slower here)
+    finite = torch.isfinite(sums.sum() + sum(torch.linalg.vector_norm(g) for g in grads)).float()
+    adam_update(weights, grads, exp_avgs, exp_avg_sqs, steps, factors, finite > 0, betas, eps)
+    return torch.cat([sums, finite[None]])
+
+
 def loss_and_sums(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | None, ctx, scale: float | None):
     """The scalar to differentiate and the (3,) sums of TERMS: the part that is compiled (one graph: backward()
     inside it would split it in two, each with its own guard checks, about 60 us per step apiece)."""
@@ -71,7 +96,7 @@ class Step:
     averages the gradients."""
 
     def __init__(self, model, loss_fn: Callable, precision: str, batch_sizes: tuple[int, ...], compiled: bool, log=print,
-                 world: World = ALONE):
+                 world: World = ALONE, optimizer=None):
         self.world, self.log, self.compiled = world, log, compiled
         self.terms_of = LossTerms(model, loss_fn, precision)
         if world.distributed:
@@ -87,7 +112,46 @@ class Step:
         # the rows of a full batch this process computes, for each batch size of the run
         self.full_rows = {hi - lo for lo, hi in map(world.rows, batch_sizes)}
         self._compiled_fn = _compile(loss_and_sums) if compiled else None
-        self._tried = False
+        # forward, backward and Adam in one graph: in one process whose optimiser is vaekit's FusedAdam (its state is
+        # tensors the graph updates in place); else (or where it fails to compile) the graph above, then Adam
+        self.optimizer = optimizer
+        one_graph = compiled and isinstance(optimizer, FusedAdam) and not world.distributed
+        self._whole_fn = _compile(whole_step, fullgraph=True) if one_graph else None
+        self._tried = self._whole_tried = False
+        if one_graph:
+            names = {id(p): name for name, p in self.terms_of.named_parameters()}
+            self._weights = [p for p in optimizer.params if p.requires_grad]
+            self._names = [names[id(p)] for p in self._weights]
+
+    @property
+    def one_graph(self) -> bool:
+        """Whether full batches run as one compiled graph, the optimiser's update included (see update())."""
+        return self._whole_fn is not None
+
+    def update(self, x: torch.Tensor, y: torch.Tensor | None, ctx) -> torch.Tensor | None:
+        """The whole step of a full batch as one compiled graph: forward, backward, and the optimiser's update at its
+        current learning rate, taken only if the loss terms and gradients are finite (the guard's skipped step).
+        Returns TERMS' sums and the finite flag, (4,); None where this batch takes the split path (__call__, then
+        the optimiser), as a batch of another size does, or every batch once the graph failed to compile."""
+        if self._whole_fn is None or len(x) not in self.full_rows:
+            return None
+        first, self._whole_tried = not self._whole_tried, True
+        group = self.optimizer.param_groups[0]
+        states = [self.optimizer.state_of(p) for p in self._weights]   # each step: a roll-back replaces them
+        steps, betas = [s["step"] for s in states], tuple(group["betas"])
+        ctx = dataclasses.replace(ctx, epoch=torch.tensor(ctx.epoch, dtype=torch.float64))
+        try:
+            with torch.no_grad():   # torch.func takes the gradients; the update itself is not differentiated
+                return self._whole_fn(self.terms_of, self._names, self._weights,
+                                      [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                                      steps, step_factors(steps, group["lr"], betas), x, y, ctx, betas, group["eps"])
+        except Exception as e:   # an operation torch.func or Dynamo cannot trace...: the split path
+            if not first:
+                raise
+            self._whole_fn = None
+            self.log(f"note: the one-graph step (forward, backward and Adam) does not compile here ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:120]}); compiling forward and backward alone")
+            return None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None, ctx, shard: tuple[int, int, int] | None = None) -> torch.Tensor:
         """shard: (lo, hi, n), the rows of a global batch of n that x holds (several processes)."""
@@ -114,14 +178,23 @@ class Step:
             return forward_backward(self.terms_of, x, y, ctx, scale)
 
 
-def _compile(fn):
+def _own_copy(fn):
+    """fn with a code object of its own. Dynamo keeps compiled graphs per code object and guards them on the module
+    they were traced with, so without this every Step (every model in a process: a notebook, the tests) would add
+    graphs to one shared list: kept alive after their model is gone, and counted against torch's limit of 8
+    recompilations, past which a fullgraph compile fails."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def _compile(fn, fullgraph: bool = False):
     # fallback_random: torch.randn inside the graph stays the eager generator's, so compiled runs draw the same
     # noise as eager ones and resume exactly; dynamic=False: one graph for the full batch size (the last,
     # smaller batch runs eagerly)
     compiler_ready()
+    fn = _own_copy(fn)
     if BACKEND != "inductor":
-        return torch.compile(fn, dynamic=False, backend=BACKEND)
-    return torch.compile(fn, dynamic=False, options={"fallback_random": True})
+        return torch.compile(fn, dynamic=False, backend=BACKEND, fullgraph=fullgraph)
+    return torch.compile(fn, dynamic=False, fullgraph=fullgraph, options={"fallback_random": True})
 
 
 def should_compile(mode: str, steps_left: int, distributed: bool = False) -> bool:

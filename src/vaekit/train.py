@@ -141,7 +141,7 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     steps_left = steps_in(tcfg, len(s.train), s.start, tcfg.epochs)
     compiled = should_compile(tcfg.compile, steps_left, world.distributed)
     s.step = Step(s.model, get_loss(tcfg.loss), s.precision, batch_sizes(tcfg, s.start, tcfg.epochs), compiled, log,
-                  world)
+                  world, optimizer=s.optimizer if tcfg.schedule == "joint" else None)   # alternating: hold_fixed between
     if s.start < tcfg.epochs:
         log(banner(s))
     else:
@@ -326,18 +326,23 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         lr = learning_rate(tcfg, epoch + i / steps_per_epoch) * s.guard.lr_scale
         for group in s.optimizer.param_groups:
             group["lr"] = lr
-        s.optimizer.zero_grad(set_to_none=True)
-        sums_now = s.step(xb, yb, dataclasses.replace(ctx, epoch=epoch + i * batch_size / n), shard)
-        if tcfg.schedule == "alternating":
-            hold_fixed(model, tcfg, steps_before + i)
-        values = torch.cat([sums_now, step_is_finite(sums_now, params)[None]])   # TERMS' sums, then finite
+        ctx_now = dataclasses.replace(ctx, epoch=epoch + i * batch_size / n)
+        values = s.step.update(xb, yb, ctx_now)   # TERMS' sums, then finite; the optimiser's step taken if finite
+        updated = values is not None
+        if not updated:   # the split step: forward and backward, then the optimiser below
+            s.optimizer.zero_grad(set_to_none=True)
+            sums_now = s.step(xb, yb, ctx_now, shard)
+            if tcfg.schedule == "alternating":
+                hold_fixed(model, tcfg, steps_before + i)
+            values = torch.cat([sums_now, step_is_finite(sums_now, params)[None]])
         due = bool(s.stop_signal) or time.perf_counter() - last_save >= 60 * tcfg.checkpoint_every
         if s.world.distributed:   # every process takes the same decisions: the step, and saving now
             flags = s.world.sum(torch.stack([values[3] - 1, torch.tensor(float(due), device=values.device)]))
             values[3], due = float(flags[0] == 0), bool(flags[1] > 0)
         values = values.tolist()   # one host synchronisation per step
         if s.guard.record(values[3] == 1.0):
-            s.optimizer.step()
+            if not updated:
+                s.optimizer.step()
             for k, v in zip(TERMS, values, strict=False):
                 sums[k] += v
             sums["seen"] += shard[2]
