@@ -289,3 +289,25 @@ def test_compile_may_change_on_resume(tmp_path):
     more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2, compile="auto"))
     result = fit(more, tmp_path / "r", resume=True, data=data, progress=False, log=lambda s: None)
     assert [r["compiled"] for r in result.history] == [False, False]   # auto: a short run stays eager
+
+
+def test_a_diverging_one_graph_run_skips_rolls_back_and_never_saves_non_finite_weights(tmp_path, monkeypatch):
+    """The guard with Adam inside the graph: a learning rate of 1000 sends the weights to Inf; the graph leaves the
+    state alone at each non-finite step, the guard rolls back (new optimiser state tensors, which the next call
+    must take) with a lower learning rate, and no checkpoint holds a non-finite number."""
+    from vaekit.guard import DivergedError, weights_finite
+    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
+    config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(8,), input_shape=SHAPE),
+                       train=TrainConfig(epochs=4, batch_size=16, lr=1000.0, precision="fp32", compile="on", seed=3))
+    lines = []
+    try:
+        result = fit(config, tmp_path / "run", data=synthetic_splits(SHAPE, n=96), progress=False, log=lines.append)
+        assert all(r["compiled"] for r in result.history)
+        assert sum(r.get("skipped_steps", 0) for r in result.history) > 0
+    except DivergedError:
+        pass
+    assert not [line for line in lines if line.startswith("note:")]   # it ran as one graph
+    assert any("rolled back" in line for line in lines)
+    if (tmp_path / "run" / "checkpoint").is_dir():
+        model, _, _ = load_model(tmp_path / "run")
+        assert weights_finite(model)
