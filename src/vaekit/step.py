@@ -92,8 +92,8 @@ def loss_and_sums(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | None, 
 
 class Step:
     """forward_backward for one model, loss and precision; compiled for full batches (of each of `batch_sizes`, a
-    graph per size) when asked; with several processes, each computes its rows of the global batch and DDP
-    averages the gradients."""
+    graph per size) when asked, as one graph with the optimiser's update where it can (update()); with several
+    processes, each computes its rows of the global batch and DDP averages the gradients."""
 
     def __init__(self, model, loss_fn: Callable, precision: str, batch_sizes: tuple[int, ...], compiled: bool, log=print,
                  world: World = ALONE, optimizer=None):
