@@ -118,3 +118,26 @@ def test_the_compiled_steps_adam_update_is_torchs_adam(eps):
         torch.testing.assert_close(m, state["exp_avg"])
         torch.testing.assert_close(v, state["exp_avg_sq"])
         assert float(step) == float(state["step"]) == 12
+
+
+def test_a_step_with_found_inf_moves_nothing_and_does_not_count():
+    """found_inf (as torch's GradScaler passes it): 1.0 skips the step on the device, moments and counts included;
+    0.0 is an ordinary step, bit for bit."""
+    a_net, b_net = _net(), _net()
+    a, b = FusedAdam(a_net.parameters(), lr=1e-2), FusedAdam(b_net.parameters(), lr=1e-2)
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(3))
+    for net, opt in ((a_net, a), (b_net, b)):
+        _step(net, opt, x)
+    before = copy.deepcopy((a_net.state_dict(), a.state_dict()))
+    for net in (a_net, b_net):
+        for p in net.parameters():
+            p.grad = None
+        net(x).pow(2).sum().backward()
+    a.step(found_inf=torch.tensor(1.0))
+    assert all(torch.equal(p, q) for p, q in zip(a_net.state_dict().values(), before[0].values(), strict=True))
+    for i, state in a.state_dict()["state"].items():
+        assert all(torch.equal(state[k], before[1]["state"][i][k]) for k in state)
+    a.step(found_inf=torch.tensor(0.0))
+    b.step()
+    assert all(torch.equal(p, q) for p, q in zip(a_net.parameters(), b_net.parameters(), strict=True))
+    assert all(float(s["step"]) == 2 for s in a.state.values())

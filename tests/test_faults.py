@@ -430,3 +430,43 @@ def test_a_huge_learning_rate_never_saves_non_finite_weights(tmp_path, capsys):
     if (run / "checkpoint").is_dir():
         from vaekit import load_model
         load_model(run)            # refuses non-finite weights: none were written
+
+
+def test_the_guard_judges_flags_read_in_batches_as_it_would_one_by_one():
+    """Guard.record_all: the steps' flags as the host reads them, a list at a time. 25 bad steps in one list roll back
+    once (the 15 after the 10th ran before the roll-back: counted as skipped, not judged again); a run of bad steps
+    split across two lists counts as one run."""
+    from vaekit.guard import MAX_BAD_STEPS, Guard
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    guard = Guard(net, opt, log=lambda s: None)
+    guard.snapshot()
+    guard.record_all([1.0] * 3 + [0.0] * 25 + [1.0])
+    assert (guard.skipped, guard.rollbacks, guard.lr_scale) == (25, 1, 0.1)
+    guard.record_all([0.0] * (MAX_BAD_STEPS - 1))
+    assert guard.rollbacks == 1 and guard.bad_in_a_row == MAX_BAD_STEPS - 1
+    guard.record_all([0.0, 1.0])
+    assert guard.rollbacks == 2 and guard.skipped == 25 + MAX_BAD_STEPS
+
+
+def test_the_host_reads_the_guards_flags_every_read_every_steps_not_every_step(tmp_path, monkeypatch):
+    """Sums stay on the device; the flags come to the host READ_EVERY at a time (and at the epoch's end). With NaN in
+    steps 5-7 of a 3-at-a-time read the skipped steps and the sums are those of a step-by-step read."""
+    from vaekit import LOSSES, DataConfig, ModelConfig, RunConfig, TrainConfig
+    from vaekit import train as train_module
+    from vaekit.guard import Guard
+    reads = []
+    real = Guard.record_all
+    monkeypatch.setattr(Guard, "record_all", lambda self, flags: reads.append(len(flags)) or real(self, flags))
+    histories = []
+    for every in (1, 3):
+        monkeypatch.setattr(train_module, "READ_EVERY", every)
+        monkeypatch.setitem(LOSSES, "flaky", _flaky_loss(lambda step: 5 <= step < 8))
+        config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), DataConfig("digits"),
+                           TrainConfig(loss="flaky", epochs=1, batch_size=128))   # 11 steps
+        reads.clear()
+        histories.append(_quiet(config, tmp_path / f"every-{every}").history)
+        assert reads == ([1] * 11 if every == 1 else [3, 3, 3, 2])
+    one, three = histories
+    assert one[-1]["skipped_steps"] == three[-1]["skipped_steps"] == 3
+    assert one[-1]["train_loss"] == three[-1]["train_loss"]

@@ -43,7 +43,9 @@ class FusedAdam:
         return s
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, found_inf: torch.Tensor | None = None) -> None:
+        """One step; with found_inf (a 0-d float tensor on the parameters' device), none where it is 1.0: the moments
+        and step counts stay as they were, decided on the device without reading it (as torch's GradScaler does)."""
         group = self.param_groups[0]
         groups: dict[tuple, list[list[torch.Tensor]]] = {}   # by device and dtype, as the kernel wants them
         for p in self.params:
@@ -57,7 +59,10 @@ class FusedAdam:
         for params, grads, exp_avgs, exp_avg_sqs, steps in groups.values():
             torch._foreach_add_(steps, 1)
             torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
-                               weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False, maximize=False)
+                               weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False, maximize=False,
+                               found_inf=found_inf)
+            if found_inf is not None:   # a skipped step does not count
+                torch._foreach_sub_(steps, [found_inf] * len(steps))
 
     def state_dict(self) -> dict:
         """torch.optim's format: state by parameter index, the group with its parameters as indices."""

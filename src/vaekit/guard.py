@@ -1,6 +1,7 @@
 """The NaN/Inf guard of the training loop: a run is never poisoned by a non-finite step.
 
-A step whose loss or gradients are not finite is skipped (the optimiser does not move). After
+A step whose loss or gradients are not finite is skipped (the optimiser does not move), decided on the device; the
+host reads the steps' flags a batch at a time (train.READ_EVERY) and judges them in order. After
 MAX_BAD_STEPS such steps in a row, the model and optimiser roll back to the last good state (the last
 checkpoint, or the initial weights) and the learning rate is divided by LR_FACTOR; after MAX_ROLLBACKS
 roll-backs training stops with a one-line error, and the run keeps its last finite checkpoint. A
@@ -64,6 +65,19 @@ class Guard:
         if self.bad_in_a_row >= MAX_BAD_STEPS:
             self.roll_back(f"{MAX_BAD_STEPS} steps in a row had a non-finite loss or gradient")
         return False
+
+    def record_all(self, flags: list[float]) -> None:
+        """After steps the device already took or skipped (1.0: finite, taken; else skipped), in order: counts the
+        skipped ones and rolls back where MAX_BAD_STEPS come in a row. The steps after a roll-back in the same list
+        ran before it: they are counted, not judged again. Raises DivergedError when roll-backs run out."""
+        rolled = False
+        for flag in flags:
+            if not rolled:
+                rolls = self.rollbacks
+                self.record(flag == 1.0)
+                rolled = self.rollbacks > rolls
+            elif flag != 1.0:
+                self.skipped += 1
 
     def roll_back(self, why: str) -> None:
         self.rollbacks += 1

@@ -38,6 +38,7 @@ from .schedules import batch_size_at, batch_sizes, hold_fixed, learning_rate, st
 from .signals import Interrupted, stop_on_signals
 from .step import TERMS, Step, should_compile
 
+READ_EVERY = 64   # steps between the host's reads of the NaN/Inf guard's flags, which never wait for the device sooner
 RESUMABLE = ("epochs", "max_minutes", "early_stop", "checkpoint_every", "threads", "device", "compile")  # what a resumed run may change
 Hook = Callable[[dict, torch.nn.Module], "str | None"]  # after each epoch: (record, model) -> why to stop, or None
 
@@ -299,6 +300,15 @@ def banner(s: Session) -> str:
             + (f", {s.world.size} processes" if s.world.distributed else ""))
 
 
+def optimiser_step(optimizer, finite: torch.Tensor) -> None:
+    """The optimiser's step if `finite` (a 0-d tensor, 1.0 or 0.0) says so: decided on the device by FusedAdam, read
+    here for torch.optim's Adam (the fallback where torch lacks the fused kernel)."""
+    if isinstance(optimizer, FusedAdam):
+        optimizer.step(found_inf=1.0 - finite)
+    elif float(finite) == 1.0:
+        optimizer.step()
+
+
 def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     """One pass over the shuffled training set (from the saved position, after a mid-epoch resume); the
     epoch's mean loss terms. Saves mid-epoch state every checkpoint_every minutes and on SIGINT/SIGTERM."""
@@ -321,6 +331,25 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     params = list(model.parameters())
     bar = tqdm(total=n, initial=min(n, start * batch_size), unit="img", unit_scale=True, leave=False,
                desc=f"epoch {epoch + 1}/{tcfg.epochs}") if progress else None
+    # each step's TERMS' sums and finite flag stay on the device until the host reads them, READ_EVERY steps at a
+    # time, into the guard (its counts and roll-backs) and the epoch's sums (in the steps' order: the same float64
+    # additions as reading every step, so a resumed run adds up exactly as an unbroken one); every step where the
+    # processes must agree on the step and on saving, or where the optimiser cannot skip a step on the device
+    pending: list[tuple[torch.Tensor, int]] = []   # (TERMS' sums and the finite flag, examples) since the last read
+    read_every = 1 if s.world.distributed or not isinstance(s.optimizer, FusedAdam) else READ_EVERY
+
+    def read() -> None:
+        rows = torch.stack([values for values, _ in pending]).tolist()   # the host's one wait for the device
+        s.guard.record_all([row[3] for row in rows])
+        for row, (_, examples) in zip(rows, pending, strict=True):
+            if row[3] == 1.0:
+                for k, v in zip(TERMS, row, strict=False):
+                    sums[k] += v
+                sums["seen"] += examples
+        if bar is not None:
+            bar.set_postfix(loss=f"{rows[-1][0] / len(xb):.2f}", refresh=False)
+        pending.clear()
+
     for i, (xb, yb, shard) in enumerate(shard_batches(s.train, batch_size, s.world, s.generator, order=order,
                                                       start=start), start):
         lr = learning_rate(tcfg, epoch + i / steps_per_epoch) * s.guard.lr_scale
@@ -328,33 +357,32 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
             group["lr"] = lr
         ctx_now = dataclasses.replace(ctx, epoch=epoch + i * batch_size / n)
         values = s.step.update(xb, yb, ctx_now)   # TERMS' sums, then finite; the optimiser's step taken if finite
-        updated = values is not None
-        if not updated:   # the split step: forward and backward, then the optimiser below
+        split = values is None
+        if split:   # the split step: forward and backward, then the optimiser
             s.optimizer.zero_grad(set_to_none=True)
             sums_now = s.step(xb, yb, ctx_now, shard)
             if tcfg.schedule == "alternating":
                 hold_fixed(model, tcfg, steps_before + i)
             values = torch.cat([sums_now, step_is_finite(sums_now, params)[None]])
         due = bool(s.stop_signal) or time.perf_counter() - last_save >= 60 * tcfg.checkpoint_every
-        if s.world.distributed:   # every process takes the same decisions: the step, and saving now
-            flags = s.world.sum(torch.stack([values[3] - 1, torch.tensor(float(due), device=values.device)]))
-            values[3], due = float(flags[0] == 0), bool(flags[1] > 0)
-        values = values.tolist()   # one host synchronisation per step
-        if s.guard.record(values[3] == 1.0):
-            if not updated:
-                s.optimizer.step()
-            for k, v in zip(TERMS, values, strict=False):
-                sums[k] += v
-            sums["seen"] += shard[2]
+        if split:
+            if s.world.distributed:   # every process takes the same decisions: the step, and saving now
+                flags = s.world.sum(torch.stack([values[3] - 1, torch.tensor(float(due), device=values.device)]))
+                values[3], due = float(flags[0] == 0), bool(flags[1] > 0)
+            optimiser_step(s.optimizer, values[3])
+        pending.append((values, shard[2]))
         if bar is not None:
             bar.update(len(xb))
-            bar.set_postfix(loss=f"{values[0] / len(xb):.2f}", refresh=False)
+        if due or len(pending) >= read_every:
+            read()
         if due:
             save_position(s, epoch, i + 1, sums, epoch_rng)
             last_save = time.perf_counter()
             if s.stop_signal:
                 raise Interrupted(s.stop_signal, f"in epoch {epoch + 1}, after {i + 1} of its {steps_per_epoch} steps",
                                   s.run_dir)
+    if pending:
+        read()
     if bar is not None:
         bar.close()
     if sums["seen"] == 0 and n:
