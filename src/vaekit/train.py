@@ -38,7 +38,7 @@ from .schedules import batch_size_at, batch_sizes, hold_fixed, learning_rate, st
 from .signals import Interrupted, stop_on_signals
 from .step import TERMS, Step, should_compile
 
-READ_EVERY = 64   # steps between the host's reads of the NaN/Inf guard's flags, which never wait for the device sooner
+READ_EVERY = 64   # steps between the host's reads of the steps' sums and finite flags: no wait for the device per step
 RESUMABLE = ("epochs", "max_minutes", "early_stop", "checkpoint_every", "threads", "device", "compile")  # what a resumed run may change
 Hook = Callable[[dict, torch.nn.Module], "str | None"]  # after each epoch: (record, model) -> why to stop, or None
 
