@@ -94,6 +94,21 @@ def test_two_processes_train_the_weights_of_one(tmp_path, model):
             assert a[k] == pytest.approx(b[k], rel=1e-4)
 
 
+def test_two_compiled_processes_take_one_graph_steps_and_train_the_weights_of_one(tmp_path):
+    """--compile on with several processes: forward, backward and Adam in one graph per process, the gradients summed
+    over the processes inside it (Inductor for real, in both processes and in the one-process run it is held to)."""
+    flags = [*TINY, "--epochs", "2", "--compile", "on"]
+    two = _vaekit("--nproc", "2", "--run-dir", str(tmp_path / "two"), *flags)
+    assert two.returncode == 0, two.stderr
+    assert "compiled step, 2 processes" in two.stdout and "note:" not in two.stdout + two.stderr
+    assert main(["train", "--run-dir", str(tmp_path / "one"), *flags]) == 0
+    (e1, w1), (e2, w2) = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert e1 == e2 == 2
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+    assert [r["compiled"] for r in read_metrics(tmp_path / "two")] == [True, True]
+
+
 def test_a_killed_two_process_run_resumes_bit_exactly(tmp_path):
     """Also: the uninterrupted 2-process VAE trains the weights 1 process trains, up to the order of sums, with a
     batch that grows in its last epoch."""

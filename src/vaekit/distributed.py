@@ -33,6 +33,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1   # the processes on this machine, which share its CPUs
 
     @property
     def main(self) -> bool:
@@ -75,11 +76,12 @@ def from_environment() -> World:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     except ValueError:
-        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them)") from None
+        raise ConfigError("RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers (torchrun sets them)") from None
     if size < 1 or not 0 <= rank < size:
         raise ConfigError(f"RANK={rank} and WORLD_SIZE={size} do not describe a process group; launch with torchrun")
-    return World(rank, size, local_rank)
+    return World(rank, size, local_rank, max(1, local_size))
 
 
 def start(world: World, device_name: str = "auto") -> World:

@@ -66,20 +66,33 @@ def forward_backward(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | Non
 
 def whole_step(terms_of: nn.Module, names: list[str], weights: list[torch.Tensor], exp_avgs: list[torch.Tensor],
                exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], factors: torch.Tensor, x: torch.Tensor,
-               y: torch.Tensor | None, ctx, betas: tuple[float, float], eps: float) -> torch.Tensor:
+               y: torch.Tensor | None, ctx, betas: tuple[float, float], eps: float,
+               scale: float | None = None) -> torch.Tensor:
     """Forward, loss, gradients (torch.func, so they are part of the traced program), the finite check and Adam's
     update of `weights` (terms_of's trainable parameters, named `names`), taken only where the step is finite:
     what one step of the training loop does, as one function for torch.compile. Returns TERMS' sums and the
-    finite flag, (4,)."""
+    finite flag, (4,). With `scale` (several processes: 1 / the global batch size) the loss is this process's rows'
+    share of the global mean, and the gradients and the finite check are summed over the processes in the graph
+    (torch's functional all_reduce), so every process takes the same step, as DistributedDataParallel makes it."""
     def loss_of(ws):
         as_given = dict(zip(names, ws, strict=True))
-        return loss_and_sums(lambda *batch: torch.func.functional_call(terms_of, as_given, batch), x, y, ctx, None)
+        return loss_and_sums(lambda *batch: torch.func.functional_call(terms_of, as_given, batch), x, y, ctx, scale)
     grads, (_, sums) = torch.func.grad_and_value(loss_of, has_aux=True)(weights)
+    total = sums.sum()
+    if scale is not None:   # one all_reduce of everything: one per gradient cost gloo 8 round trips a step
+        flat = _summed_over_processes(torch.cat([total.reshape(1), *(g.reshape(-1) for g in grads)]))
+        total = flat[0]
+        grads = [part.view_as(g) for part, g in zip(flat[1:].split([g.numel() for g in grads]), grads, strict=True)]
     # as guard.step_is_finite, but a norm per gradient, which Inductor fuses into the loop that computes it (that
     # function's _foreach_norm, one kernel in eager, made the compiled step 1.5x slower here)
-    finite = torch.isfinite(sums.sum() + sum(torch.linalg.vector_norm(g) for g in grads)).float()
+    finite = torch.isfinite(total + sum(torch.linalg.vector_norm(g) for g in grads)).float()
     adam_update(weights, grads, exp_avgs, exp_avg_sqs, steps, factors, finite > 0, betas, eps)
     return torch.cat([sums, finite[None]])
+
+
+def _summed_over_processes(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed import _functional_collectives as collectives  # noqa: PLC0415  (several processes only)
+    return collectives.all_reduce(t, "sum", torch.distributed.group.WORLD)
 
 
 def loss_and_sums(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | None, ctx, scale: float | None):
@@ -112,14 +125,16 @@ class Step:
         # the rows of a full batch this process computes, for each batch size of the run
         self.full_rows = {hi - lo for lo, hi in map(world.rows, batch_sizes)}
         self._compiled_fn = _compile(loss_and_sums) if compiled else None
-        # forward, backward and Adam in one graph: in one process whose optimiser is vaekit's FusedAdam (its state is
-        # tensors the graph updates in place); else (or where it fails to compile) the graph above, then Adam
+        # forward, backward and Adam in one graph where the optimiser is vaekit's FusedAdam (its state is tensors the
+        # graph updates in place), on the module itself (with several processes the graph sums the gradients, not
+        # DDP); else (or where it fails to compile) the graph above, then Adam
         self.optimizer = optimizer
-        one_graph = compiled and isinstance(optimizer, FusedAdam) and not world.distributed
+        one_graph = compiled and isinstance(optimizer, FusedAdam)
         self._whole_fn = _compile(whole_step, fullgraph=True) if one_graph else None
         self._tried = self._whole_tried = False
         if one_graph:
-            names = {id(p): name for name, p in self.terms_of.named_parameters()}
+            self._module = self.terms_of.module if world.distributed else self.terms_of
+            names = {id(p): name for name, p in self._module.named_parameters()}
             self._weights = [p for p in optimizer.params if p.requires_grad]
             self._names = [names[id(p)] for p in self._weights]
 
@@ -128,11 +143,13 @@ class Step:
         """Whether full batches run as one compiled graph, the optimiser's update included (see update())."""
         return self._whole_fn is not None
 
-    def update(self, x: torch.Tensor, y: torch.Tensor | None, ctx) -> torch.Tensor | None:
+    def update(self, x: torch.Tensor, y: torch.Tensor | None, ctx,
+               shard: tuple[int, int, int] | None = None) -> torch.Tensor | None:
         """The whole step of a full batch as one compiled graph: forward, backward, and the optimiser's update at its
         current learning rate, taken only if the loss terms and gradients are finite (the guard's skipped step).
         Returns TERMS' sums and the finite flag, (4,); None where this batch takes the split path (__call__, then
-        the optimiser), as a batch of another size does, or every batch once the graph failed to compile."""
+        the optimiser), as a batch of another size does, or every batch once the graph failed to compile. shard: as
+        for __call__."""
         if self._whole_fn is None or len(x) not in self.full_rows:
             return None
         first, self._whole_tried = not self._whole_tried, True
@@ -140,11 +157,14 @@ class Step:
         states = [self.optimizer.state_of(p) for p in self._weights]   # each step: a roll-back replaces them
         steps, betas = [s["step"] for s in states], tuple(group["betas"])
         ctx = dataclasses.replace(ctx, epoch=torch.tensor(ctx.epoch, dtype=torch.float64))
+        scale = 1.0 / shard[2] if self.world.distributed else None
         try:
-            with torch.no_grad():   # torch.func takes the gradients; the update itself is not differentiated
-                return self._whole_fn(self.terms_of, self._names, self._weights,
+            # torch.func takes the gradients; the update itself is not differentiated
+            with torch.no_grad(), batch_shard(*shard) if self.world.distributed else contextlib.nullcontext():
+                return self._whole_fn(self._module, self._names, self._weights,
                                       [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                                      steps, step_factors(steps, group["lr"], betas), x, y, ctx, betas, group["eps"])
+                                      steps, step_factors(steps, group["lr"], betas), x, y, ctx, betas, group["eps"],
+                                      scale)
         except Exception as e:   # an operation torch.func or Dynamo cannot trace...: the split path
             if not first:
                 raise

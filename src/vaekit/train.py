@@ -188,7 +188,7 @@ def _set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | N
     precision = resolve_precision(tcfg.precision, device)   # before seeding: it must not touch the RNG streams
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", torch.cuda.current_device())   # the one start() gave this process
-    threads = resolve_threads(tcfg.threads, device, idle)
+    threads = resolve_threads(tcfg.threads, device, idle, share=world.local_size)
     torch.set_num_threads(threads)
     torch.manual_seed(tcfg.seed)
     model = build_model(config.model).to(device)
@@ -356,7 +356,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         for group in s.optimizer.param_groups:
             group["lr"] = lr
         ctx_now = dataclasses.replace(ctx, epoch=epoch + i * batch_size / n)
-        values = s.step.update(xb, yb, ctx_now)   # TERMS' sums, then finite; the optimiser's step taken if finite
+        values = s.step.update(xb, yb, ctx_now, shard)   # TERMS' sums, then finite; the optimiser's step if finite
         split = values is None
         if split:   # the split step: forward and backward, then the optimiser
             s.optimizer.zero_grad(set_to_none=True)
@@ -365,10 +365,10 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
                 hold_fixed(model, tcfg, steps_before + i)
             values = torch.cat([sums_now, step_is_finite(sums_now, params)[None]])
         due = bool(s.stop_signal) or time.perf_counter() - last_save >= 60 * tcfg.checkpoint_every
+        if s.world.distributed:   # every process takes the same decisions: the step (the one graph agrees), saving now
+            flags = s.world.sum(torch.stack([values[3] - 1, torch.tensor(float(due), device=values.device)]))
+            values[3], due = float(flags[0] == 0), bool(flags[1] > 0)
         if split:
-            if s.world.distributed:   # every process takes the same decisions: the step, and saving now
-                flags = s.world.sum(torch.stack([values[3] - 1, torch.tensor(float(due), device=values.device)]))
-                values[3], due = float(flags[0] == 0), bool(flags[1] > 0)
             optimiser_step(s.optimizer, values[3])
         pending.append((values, shard[2]))
         if bar is not None:
