@@ -80,7 +80,7 @@ def whole_step(terms_of: nn.Module, names: list[str], weights: list[torch.Tensor
     grads, (_, sums) = torch.func.grad_and_value(loss_of, has_aux=True)(weights)
     total = sums.sum()
     if scale is not None:   # one all_reduce of everything: one per gradient cost gloo 8 round trips a step
-        flat = _summed_over_processes(torch.cat([total.reshape(1), *(g.reshape(-1) for g in grads)]))
+        flat = _all_reduced(torch.cat([total.reshape(1), *(g.reshape(-1) for g in grads)]))
         total = flat[0]
         grads = [part.view_as(g) for part, g in zip(flat[1:].split([g.numel() for g in grads]), grads, strict=True)]
     # as guard.step_is_finite, but a norm per gradient, which Inductor fuses into the loop that computes it (that
@@ -90,7 +90,8 @@ def whole_step(terms_of: nn.Module, names: list[str], weights: list[torch.Tensor
     return torch.cat([sums, finite[None]])
 
 
-def _summed_over_processes(t: torch.Tensor) -> torch.Tensor:
+def _all_reduced(t: torch.Tensor) -> torch.Tensor:
+    """t summed over the processes, as an operation Dynamo traces into the graph (World.sum's all_reduce is in place)."""
     from torch.distributed import _functional_collectives as collectives  # noqa: PLC0415  (several processes only)
     return collectives.all_reduce(t, "sum", torch.distributed.group.WORLD)
 
@@ -106,7 +107,7 @@ def loss_and_sums(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | None, 
 class Step:
     """forward_backward for one model, loss and precision; compiled for full batches (of each of `batch_sizes`, a
     graph per size) when asked, as one graph with the optimiser's update where it can (update()); with several
-    processes, each computes its rows of the global batch and DDP averages the gradients."""
+    processes, each computes its rows of the global batch, and DDP (or the one graph) adds up the gradients."""
 
     def __init__(self, model, loss_fn: Callable, precision: str, batch_sizes: tuple[int, ...], compiled: bool, log=print,
                  world: World = ALONE, optimizer=None):
@@ -156,7 +157,7 @@ class Step:
         group = self.optimizer.param_groups[0]
         states = [self.optimizer.state_of(p) for p in self._weights]   # each step: a roll-back replaces them
         steps, betas = [s["step"] for s in states], tuple(group["betas"])
-        ctx = dataclasses.replace(ctx, epoch=torch.tensor(ctx.epoch, dtype=torch.float64))
+        ctx = _epoch_as_tensor(ctx)
         scale = 1.0 / shard[2] if self.world.distributed else None
         try:
             # torch.func takes the gradients; the update itself is not differentiated
@@ -183,8 +184,7 @@ class Step:
         if self._compiled_fn is None or len(x) not in self.full_rows:
             return forward_backward(self.terms_of, x, y, ctx, scale)
         first, self._tried = not self._tried, True
-        # the epoch as a tensor input: as a float the graph would hold it as a constant and recompile every step
-        ctx = dataclasses.replace(ctx, epoch=torch.tensor(ctx.epoch, dtype=torch.float64))
+        ctx = _epoch_as_tensor(ctx)
         try:
             return forward_backward(self.terms_of, x, y, ctx, scale, self._compiled_fn)
         except Exception as e:   # no C++ compiler, an unsupported operation...: the same step, eagerly
@@ -196,6 +196,12 @@ class Step:
             self.log(f"note: torch.compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:120]}); training "
                      "eagerly (the same numbers, slower); pass --compile off to skip the attempt")
             return forward_backward(self.terms_of, x, y, ctx, scale)
+
+
+def _epoch_as_tensor(ctx):
+    """ctx with its epoch as a tensor input: as a float the graph would hold it as a constant and recompile every
+    step."""
+    return dataclasses.replace(ctx, epoch=torch.tensor(ctx.epoch, dtype=torch.float64))
 
 
 def _own_copy(fn):

@@ -338,7 +338,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     pending: list[tuple[torch.Tensor, int]] = []   # (TERMS' sums and the finite flag, examples) since the last read
     read_every = 1 if s.world.distributed or not isinstance(s.optimizer, FusedAdam) else READ_EVERY
 
-    def read() -> None:
+    def read(rows_now: int) -> None:   # rows_now: this process's rows in the last step, for the progress bar
         rows = torch.stack([values for values, _ in pending]).tolist()   # the host's one wait for the device
         s.guard.record_all([row[3] for row in rows])
         for row, (_, examples) in zip(rows, pending, strict=True):
@@ -347,7 +347,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
                     sums[k] += v
                 sums["seen"] += examples
         if bar is not None:
-            bar.set_postfix(loss=f"{rows[-1][0] / len(xb):.2f}", refresh=False)
+            bar.set_postfix(loss=f"{rows[-1][0] / rows_now:.2f}", refresh=False)
         pending.clear()
 
     for i, (xb, yb, shard) in enumerate(shard_batches(s.train, batch_size, s.world, s.generator, order=order,
@@ -374,7 +374,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         if bar is not None:
             bar.update(len(xb))
         if due or len(pending) >= read_every:
-            read()
+            read(len(xb))
         if due:
             save_position(s, epoch, i + 1, sums, epoch_rng)
             last_save = time.perf_counter()
@@ -382,7 +382,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
                 raise Interrupted(s.stop_signal, f"in epoch {epoch + 1}, after {i + 1} of its {steps_per_epoch} steps",
                                   s.run_dir)
     if pending:
-        read()
+        read(len(xb))
     if bar is not None:
         bar.close()
     if sums["seen"] == 0 and n:
