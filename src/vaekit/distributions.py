@@ -169,15 +169,23 @@ class ClampedBernoulliLogDensity(torch.autograd.Function):
     1.02-1.13x the images/s (median of the rounds' ratios 1.08)."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, x: torch.Tensor, event_ndim: int) -> torch.Tensor:
+    def forward(logits: torch.Tensor, x: torch.Tensor, event_ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
         clamped = logits.float().clamp(-MAX_LOGIT, MAX_LOGIT)
-        ctx.save_for_backward(clamped, x)
-        ctx.dtype, ctx.event_ndim = logits.dtype, event_ndim
         return -sum_event(F.binary_cross_entropy_with_logits(clamped, x.expand_as(clamped), reduction="none"),
-                          event_ndim)
+                          event_ndim), clamped
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def setup_context(ctx, inputs, output) -> None:
+        # apart from forward, as torch.func's transforms want it (the ahead-of-time step traces through them);
+        # the clamped logits are a second output only so that they can be kept here without computing them again
+        logits, x, event_ndim = inputs
+        clamped = output[1]
+        ctx.mark_non_differentiable(clamped)
+        ctx.save_for_backward(clamped, x)
+        ctx.dtype, ctx.event_ndim = logits.dtype, event_ndim
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _grad_clamped: torch.Tensor | None = None):
         clamped, x = ctx.saved_tensors
         g = grad.reshape(*grad.shape, *(1,) * ctx.event_ndim)
         grad_logits = torch.sigmoid(clamped).sub_(x).mul_(-g).to(ctx.dtype) if ctx.needs_input_grad[0] else None
@@ -215,7 +223,7 @@ class Bernoulli:
             # decodes 50 million rows for the k = 5,000 estimate, and the per-feature log of BCE cost
             # more than the decoder's matrix products
             return sum_event(logits * x.float(), self.event_ndim) - sum_softplus(logits, self.event_ndim)
-        return ClampedBernoulliLogDensity.apply(self.logits, x.float(), self.event_ndim)
+        return ClampedBernoulliLogDensity.apply(self.logits, x.float(), self.event_ndim)[0]
 
     def entropy(self) -> torch.Tensor:
         return -self.log_prob(self.mean)

@@ -39,6 +39,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaekit"
 
 
+def machine_key() -> str:
+    """_machine_key of this machine, now (the thread count may change)."""
+    return _machine_key(_cpuinfo())
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:   # not Linux: what the platform module says of the processor
+        return f"model name: {platform.processor()} {platform.machine()}"
+
+
 def _machine_key(cpuinfo: str) -> str:
     """The same CPU model and flags, threads and torch build give the same key."""
     lines = [line for line in cpuinfo.splitlines() if line.startswith(("model name", "flags"))][:2]
@@ -67,10 +79,7 @@ def _measured_once(name: str, flags: tuple[str, ...], fast: torch.dtype, slow: t
     """Whether products in `fast` beat `slow` by 1.25x on this CPU, where it has one of `flags`: timed once per
     machine and cached on disk (cache_dir()/precision.json), so identical runs never differ because the machine
     happened to be busy when one of them started."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    cpuinfo = _cpuinfo()
     if not any(flag in cpuinfo for flag in flags):
         return False
     # bf16's answer keeps the key it had before int8 was measured too, so earlier caches stay valid

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from . import aot
 from .adam import FusedAdam, adam_update, step_factors
 from .config import COMPILE_MODES
 from .distributed import ALONE, World
@@ -67,15 +68,17 @@ def forward_backward(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | Non
 def whole_step(terms_of: nn.Module, names: list[str], weights: list[torch.Tensor], exp_avgs: list[torch.Tensor],
                exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], factors: torch.Tensor, x: torch.Tensor,
                y: torch.Tensor | None, ctx, betas: tuple[float, float], eps: float,
-               scale: float | None = None) -> torch.Tensor:
+               scale: float | None = None, fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Forward, loss, gradients (torch.func, so they are part of the traced program), the finite check and Adam's
     update of `weights` (terms_of's trainable parameters, named `names`), taken only where the step is finite:
     what one step of the training loop does, as one function for torch.compile. Returns TERMS' sums and the
     finite flag, (4,). With `scale` (several processes: 1 / the global batch size) the loss is this process's rows'
     share of the global mean, and the gradients and the finite check are summed over the processes in the graph
-    (torch's functional all_reduce), so every process takes the same step, as DistributedDataParallel makes it."""
+    (torch's functional all_reduce), so every process takes the same step, as DistributedDataParallel makes it.
+    fixed: other tensors of terms_of by name (buffers, frozen weights), given rather than read from the module (the
+    ahead-of-time step has them as inputs, not constants)."""
     def loss_of(ws):
-        as_given = dict(zip(names, ws, strict=True))
+        as_given = {**(fixed or {}), **dict(zip(names, ws, strict=True))}
         return loss_and_sums(lambda *batch: torch.func.functional_call(terms_of, as_given, batch), x, y, ctx, scale)
     grads, (_, sums) = torch.func.grad_and_value(loss_of, has_aux=True)(weights)
     total = sums.sum()
@@ -107,10 +110,12 @@ def loss_and_sums(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | None, 
 class Step:
     """forward_backward for one model, loss and precision; compiled for full batches (of each of `batch_sizes`, a
     graph per size) when asked, as one graph with the optimiser's update where it can (update()); with several
-    processes, each computes its rows of the global batch, and DDP (or the one graph) adds up the gradients."""
+    processes, each computes its rows of the global batch, and DDP (or the one graph) adds up the gradients.
+    ahead: the packages of the step compiled ahead of time (vaekit.aot), tried first for full batches where given
+    (one process on a CPU, vaekit's FusedAdam); torch.compile, where `compiled`, only where they are missing."""
 
     def __init__(self, model, loss_fn: Callable, precision: str, batch_sizes: tuple[int, ...], compiled: bool, log=print,
-                 world: World = ALONE, optimizer=None):
+                 world: World = ALONE, optimizer=None, ahead: aot.AheadOfTime | None = None):
         self.world, self.log, self.compiled = world, log, compiled
         self.terms_of = LossTerms(model, loss_fn, precision)
         if world.distributed:
@@ -125,24 +130,37 @@ class Step:
                                 static_graph=True, **no_sync)
         # the rows of a full batch this process computes, for each batch size of the run
         self.full_rows = {hi - lo for lo, hi in map(world.rows, batch_sizes)}
-        self._compiled_fn = _compile(loss_and_sums) if compiled else None
+        # torch.compile at the first call (importing the compiler costs about 1 s: not where the ahead-of-time step runs)
+        self._compiled_fn = _Compiled(loss_and_sums) if compiled else None
         # forward, backward and Adam in one graph where the optimiser is vaekit's FusedAdam (its state is tensors the
         # graph updates in place), on the module itself (with several processes the graph sums the gradients, not
         # DDP); else (or where it fails to compile) the graph above, then Adam
         self.optimizer = optimizer
-        one_graph = compiled and isinstance(optimizer, FusedAdam)
-        self._whole_fn = _compile(whole_step, fullgraph=True) if one_graph else None
+        one_graph = isinstance(optimizer, FusedAdam)
+        self._whole_fn = _Compiled(whole_step, fullgraph=True) if compiled and one_graph else None
+        # (not with the tests' backend, which stands in for Inductor to spare them its code generation)
+        self._ahead = ahead if one_graph and not world.distributed and model.device.type == "cpu" and \
+            BACKEND == "inductor" else None
         self._tried = self._whole_tried = False
         if one_graph:
             self._module = self.terms_of.module if world.distributed else self.terms_of
             names = {id(p): name for name, p in self._module.named_parameters()}
             self._weights = [p for p in optimizer.params if p.requires_grad]
             self._names = [names[id(p)] for p in self._weights]
+            trained = set(self._names)
+            # everything else the module holds, for the ahead-of-time step: inputs of its graph, never constants
+            self._fixed = {name: t for name, t in [*self._module.named_parameters(), *self._module.named_buffers()]
+                           if name not in trained}
 
     @property
     def one_graph(self) -> bool:
         """Whether full batches run as one compiled graph, the optimiser's update included (see update())."""
-        return self._whole_fn is not None
+        return self._whole_fn is not None or self.ahead_of_time
+
+    @property
+    def ahead_of_time(self) -> bool:
+        """Whether full batches run the step compiled ahead of time (for at least one batch size so far)."""
+        return self._ahead is not None and any(p is not None for p in self._ahead.packages.values())
 
     def update(self, x: torch.Tensor, y: torch.Tensor | None, ctx,
                shard: tuple[int, int, int] | None = None) -> torch.Tensor | None:
@@ -151,7 +169,13 @@ class Step:
         Returns TERMS' sums and the finite flag, (4,); None where this batch takes the split path (__call__, then
         the optimiser), as a batch of another size does, or every batch once the graph failed to compile. shard: as
         for __call__."""
-        if self._whole_fn is None or len(x) not in self.full_rows:
+        if len(x) not in self.full_rows:
+            return None
+        if self._ahead is not None:
+            values = self._ahead_update(x, y, ctx)
+            if values is not None:
+                return values
+        if self._whole_fn is None:
             return None
         first, self._whole_tried = not self._whole_tried, True
         group = self.optimizer.param_groups[0]
@@ -173,6 +197,49 @@ class Step:
             self.log(f"note: the one-graph step (forward, backward and Adam) does not compile here ({type(e).__name__}: "
                      f"{str(e).splitlines()[0][:120]}); compiling forward and backward alone")
             return None
+
+    def _ahead_update(self, x: torch.Tensor, y: torch.Tensor | None, ctx) -> torch.Tensor | None:
+        """update() by the package compiled ahead of time for this batch's rows; None where there is none."""
+        group = self.optimizer.param_groups[0]
+        states = [self.optimizer.state_of(p) for p in self._weights]
+        steps, betas, eps = [s["step"] for s in states], tuple(group["betas"]), group["eps"]
+        ctx = _epoch_as_tensor(ctx)
+        args = ([p.detach() for p in self._weights], [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states], steps, [t.detach() for t in self._fixed.values()],
+                step_factors(steps, group["lr"], betas), x, [] if y is None else [y], ctx.epoch)
+
+        def plan():
+            inputs = {**dict(zip(self._names, args[0], strict=True)), **self._fixed, "x": x, "y": y,
+                      "dataset_size": ctx.dataset_size, "precision": self.terms_of.precision, "betas": betas,
+                      "eps": eps, "fixed": list(self._fixed)}
+            path = aot.package_path(aot.package_key(self._ahead.material, self._module, self.terms_of.loss_fn, inputs))
+            return path, lambda into: aot.build(into, whole_step, self._module, self._names, list(self._fixed), ctx,
+                                                betas, eps, args)
+
+        package = self._ahead.package(len(x), plan)
+        if package is None:
+            return None
+        flat = [*args[0], *args[1], *args[2], *args[3], *args[4], args[5], args[6], *args[7], args[8]]
+        before = torch.get_rng_state()
+        out = package.run(flat)
+        if not package.checked:   # its loss terms against the eager forward pass's, on the same batch and noise
+            after = torch.get_rng_state()
+            torch.set_rng_state(before)
+            with torch.no_grad():
+                reference = loss_and_sums(self.terms_of, x, y, ctx, None)[1]
+            if not aot.agrees(out[0], reference):
+                torch.set_rng_state(before)
+                self._ahead.drop(len(x), f"gave loss terms {out[0][:3].tolist()} where the eager step gives "
+                                         f"{reference.tolist()}")
+                return None
+            torch.set_rng_state(after)
+            package.checked = True
+        n = len(self._weights)
+        with torch.no_grad():   # the new weights and Adam's state take the old ones' places
+            for i, (p, state) in enumerate(zip(self._weights, states, strict=True)):
+                p.data = out[1 + i]
+                state["exp_avg"], state["exp_avg_sq"], state["step"] = out[1 + n + i], out[1 + 2 * n + i], out[1 + 3 * n + i]
+        return out[0]
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None, ctx, shard: tuple[int, int, int] | None = None) -> torch.Tensor:
         """shard: (lo, hi, n), the rows of a global batch of n that x holds (several processes)."""
@@ -202,6 +269,19 @@ def _epoch_as_tensor(ctx):
     """ctx with its epoch as a tensor input: as a float the graph would hold it as a constant and recompile every
     step."""
     return dataclasses.replace(ctx, epoch=torch.tensor(ctx.epoch, dtype=torch.float64))
+
+
+class _Compiled:
+    """fn compiled by _compile at its first call: torch.compile imports the compiler, which a run whose steps all
+    come from the ahead-of-time packages never needs."""
+
+    def __init__(self, fn, fullgraph: bool = False):
+        self.fn, self.fullgraph, self.compiled = fn, fullgraph, None
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is None:
+            self.compiled = _compile(self.fn, fullgraph=self.fullgraph)
+        return self.compiled(*args, **kwargs)
 
 
 def _own_copy(fn):

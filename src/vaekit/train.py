@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adam import FusedAdam, make_adam
+from .aot import AheadOfTime, ahead_of_time_possible, config_material
 from .checkpoint import BEST, has_checkpoint, load_config, load_trainer_state, load_weights, save_best, save_checkpoint
 from .config import RunConfig
 from .data import Dataset, DataSplits, check_unchanged, fingerprint, load_data, shard_batches
@@ -141,8 +142,11 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     tcfg = s.config.train
     steps_left = steps_in(tcfg, len(s.train), s.start, tcfg.epochs)
     compiled = should_compile(tcfg.compile, steps_left, world.distributed)
+    # the step compiled ahead of time: used wherever this machine has it for this model, built where compiling
+    ahead = AheadOfTime(config_material(s.config), build=compiled, log=log) if tcfg.compile != "off" else None
     s.step = Step(s.model, get_loss(tcfg.loss), s.precision, batch_sizes(tcfg, s.start, tcfg.epochs), compiled, log,
-                  world, optimizer=s.optimizer if tcfg.schedule == "joint" else None)   # alternating: hold_fixed between
+                  world, optimizer=s.optimizer if tcfg.schedule == "joint" else None,   # alternating: hold_fixed between
+                  ahead=ahead)
     if s.start < tcfg.epochs:
         log(banner(s))
     else:
@@ -155,7 +159,7 @@ def _set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | N
     # what other processes leave idle, measured over 0.1 s while this one sleeps (its own threads would take CPU
     # from theirs and hide them); a run that will compile starts the compiler's import now, to overlap the data load
     idle = None if config.train.threads is not None else idle_cpus(0.1)
-    if config.train.compile == "on":
+    if config.train.compile == "on" and not ahead_of_time_possible(config, world):
         warm_up_compiler()
     if resume:
         saved = load_config(run_dir)
@@ -437,7 +441,8 @@ def end_epoch(s: Session, record: dict, hooks, log) -> None:
         record.update({f"val_{k}": v for k, v in terms.items()})
         record.update({f"val_{k}": v for k, v in s.model.validation_extras(s.val).items()})
     record.update(seconds=time.perf_counter() - t0, images_per_s=len(s.train) / train_seconds, precision=s.precision,
-                  threads=torch.get_num_threads(), compiled=s.step.compiled)
+                  threads=torch.get_num_threads(), compiled=s.step.compiled or s.step.ahead_of_time,
+                  ahead_of_time=s.step.ahead_of_time)
     if s.world.distributed:
         record["processes"] = s.world.size
     numbers = [v for v in record.values() if isinstance(v, float)]
