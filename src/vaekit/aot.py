@@ -31,11 +31,13 @@ import json
 import math
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from .errors import in_one_line
 from .files import atomic_write_bytes
 from .runtime import cache_dir, keep_freed_memory, machine_key, resolve_device
 
@@ -120,7 +122,7 @@ def build(path: Path, whole_step, module, names, fixed_names, ctx, betas, eps, a
         with torch.no_grad():
             graph = make_fx(_pure(whole_step, module, names, fixed_names, ctx, betas, eps), tracing_mode="fake")(*args)
     except Exception as e:   # data-dependent control flow, an operation torch.func cannot trace...
-        raise Unavailable(f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from e
+        raise Unavailable(in_one_line(e, 160)) from e
     finally:
         torch.set_rng_state(rng)
 
@@ -132,18 +134,20 @@ def build(path: Path, whole_step, module, names, fixed_names, ctx, betas, eps, a
         def forward(self, *a):
             return self.graph_module(*a)
 
-    try:
-        exported = torch.export.export(Traced(), args, strict=False)
-    except Exception as e:
-        raise Unavailable(f"export: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from e
-    if exported.graph_signature.user_inputs_to_mutate:   # a buffer the step updates: it would have to come back
-        raise Unavailable("the step updates a buffer in place")
-    with tempfile.TemporaryDirectory(prefix="vaekit-step-") as d:
-        built = Path(d) / "step.pt2"
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(built),
-                                                 inductor_configs={"fallback_random": True})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, built.read_bytes())
+    with warnings.catch_warnings():   # torch's own deprecation notices from inside export (torch 2.13)
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            exported = torch.export.export(Traced(), args, strict=False)
+        except Exception as e:
+            raise Unavailable(f"export: {in_one_line(e, 160)}") from e
+        if exported.graph_signature.user_inputs_to_mutate:   # a buffer the step updates: it would have to come back
+            raise Unavailable("the step updates a buffer in place")
+        with tempfile.TemporaryDirectory(prefix="vaekit-step-") as d:
+            built = Path(d) / "step.pt2"
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(built),
+                                                     inductor_configs={"fallback_random": True})
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, built.read_bytes())
 
 
 def load(path: Path):
@@ -196,8 +200,8 @@ class AheadOfTime:
             except Unavailable as e:
                 self.log(f"note: the step cannot be compiled ahead of time ({e}); compiling it in this process instead")
             except Exception as e:   # no C++ compiler, an operation AOTInductor lacks...
-                self.log(f"note: compiling the step ahead of time failed ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:120] if str(e) else ''}); compiling it in this process instead")
+                self.log(f"note: compiling the step ahead of time failed ({in_one_line(e)}); compiling it in this "
+                         "process instead")
         if found is not None:
             self.log(f"batches of {rows}: the training step compiled ahead of time ({path})")
             keep_freed_memory()   # its outputs are new tensors each step: reused blocks, not fresh pages (1.3x here)

@@ -24,3 +24,9 @@ class ConfigError(VaekitError):
 
 class CheckpointError(VaekitError):
     """A run directory or checkpoint that is missing, broken or not vaekit's."""
+
+
+def in_one_line(e: BaseException, limit: int = 120) -> str:
+    """An exception as 'Type: the first line of its message' (at most `limit` characters of it), for a note."""
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0][:limit]}" if text.strip() else type(e).__name__

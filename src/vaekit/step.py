@@ -34,7 +34,7 @@ from .adam import FusedAdam, adam_update, step_factors
 from .config import COMPILE_MODES
 from .distributed import ALONE, World
 from .distributions import batch_shard
-from .errors import ConfigError
+from .errors import ConfigError, in_one_line
 from .runtime import autocast, compiler_ready
 
 COMPILE_MIN_STEPS = 10_000   # 'auto' compiles a run with at least this many steps left (a minute or more of eager steps)
@@ -194,8 +194,8 @@ class Step:
             if not first:
                 raise
             self._whole_fn = None
-            self.log(f"note: the one-graph step (forward, backward and Adam) does not compile here ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:120]}); compiling forward and backward alone")
+            self.log(f"note: the one-graph step (forward, backward and Adam) does not compile here ({in_one_line(e)}); "
+                     "compiling forward and backward alone")
             return None
 
     def _ahead_update(self, x: torch.Tensor, y: torch.Tensor | None, ctx) -> torch.Tensor | None:
@@ -260,7 +260,7 @@ class Step:
             self._compiled_fn, self.compiled = None, False
             for p in self.terms_of.parameters():
                 p.grad = None    # whatever a half-run compiled step left behind
-            self.log(f"note: torch.compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:120]}); training "
+            self.log(f"note: torch.compile failed here ({in_one_line(e)}); training "
                      "eagerly (the same numbers, slower); pass --compile off to skip the attempt")
             return forward_backward(self.terms_of, x, y, ctx, scale)
 
@@ -280,7 +280,7 @@ class _Compiled:
 
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
-            self.compiled = _compile(self.fn, fullgraph=self.fullgraph)
+            self.compiled = _compile(self.fn, fullgraph=True) if self.fullgraph else _compile(self.fn)
         return self.compiled(*args, **kwargs)
 
 

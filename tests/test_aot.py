@@ -1,0 +1,138 @@
+"""The training step compiled ahead of time (vaekit.aot): built once by a compiling run, found again by later runs
+of the same model on the same machine, taking the steps the eager step takes; a package that does not load or
+does not match its model is deleted and never trained with."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import synthetic_splits
+from vaekit import ModelConfig, RunConfig, TrainConfig, aot, fit
+from vaekit.runtime import cache_dir
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHAPE = (1, 6, 6)
+
+
+def _config(epochs: int = 1, model: dict | None = None, **train) -> RunConfig:
+    train = {"batch_size": 16, "precision": "fp32", "compile": "on", "seed": 3, **train}
+    return RunConfig(ModelConfig(**{"latent_dim": 2, "hidden_dims": (8,), "input_shape": SHAPE, **(model or {})}),
+                     train=TrainConfig(epochs=epochs, **train))
+
+
+def _fit(config: RunConfig, run_dir, lines: list | None = None):
+    return fit(config, run_dir, data=synthetic_splits(SHAPE, n=96), progress=False,
+               log=(lines.append if lines is not None else lambda line: None))
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    """The package a compiling run builds for _config() (into the test session's cache), and that run's log."""
+    before = set((cache_dir() / "steps").glob("*.pt2"))
+    lines = []
+    _fit(_config(), tmp_path_factory.mktemp("build") / "run", lines)
+    made = set((cache_dir() / "steps").glob("*.pt2")) - before
+    return (made.pop() if made else None), lines
+
+
+def test_a_compiling_run_builds_the_step_and_a_later_short_run_finds_it(package, tmp_path):
+    path, built = package
+    assert path is not None or any("compiled ahead of time" in line for line in built)   # (or an earlier test built it)
+    assert not [line for line in built if line.startswith("note:")]
+    lines = []
+    result = _fit(_config(2, compile="auto"), tmp_path / "run", lines)   # auto: a short run never builds, but uses
+    assert not any(line.startswith("building") for line in lines)
+    assert any(line.startswith("batches of 16: the training step compiled ahead of time") for line in lines)
+    assert [(r["ahead_of_time"], r["compiled"]) for r in result.history] == [(True, True), (True, True)]
+
+
+def test_its_steps_are_the_eager_steps(package, tmp_path):
+    """Against the eager step (autograd and torch's fused Adam kernel): the same loss terms and weights, up to the
+    rounding of fused loops."""
+    ahead = _fit(_config(3), tmp_path / "ahead")
+    eager = _fit(_config(3, compile="off"), tmp_path / "eager")
+    assert all(r["ahead_of_time"] for r in ahead.history) and not any(r["ahead_of_time"] for r in eager.history)
+    for a, b in zip(ahead.history, eager.history, strict=True):
+        for key in ("train_loss", "train_recon", "train_kl"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4)
+    for a, b in zip(ahead.model.parameters(), eager.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_a_run_with_it_resumes_bit_exactly(package, tmp_path):
+    whole = _fit(_config(2), tmp_path / "whole")
+    _fit(_config(1), tmp_path / "parts")
+    resumed = fit(_config(2), tmp_path / "parts", resume=True, data=synthetic_splits(SHAPE, n=96), progress=False,
+                  log=lambda line: None)
+    assert all(r["ahead_of_time"] for r in whole.history)
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def _as_every_key(monkeypatch, tmp_path, contents: bytes) -> Path:
+    """A private cache whose one package, `contents`, is what every key names."""
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(aot, "package_key", lambda *args: "the-one")
+    path = aot.package_path("the-one")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(contents)
+    return path
+
+
+def test_a_package_of_another_model_is_deleted_and_the_run_goes_on_eagerly(package, tmp_path, monkeypatch):
+    """A tanh network given the ReLU network's package (as a stale cache could): its first step disagrees with the
+    eager forward pass, so it is dropped, and the run is exactly the eager run."""
+    if package[0] is None:
+        pytest.skip("the package was built before this module ran")
+    path = _as_every_key(monkeypatch, tmp_path, package[0].read_bytes())
+    lines = []
+    tanh = {"activation": "tanh"}
+    misled = _fit(_config(2, model=tanh, compile="auto"), tmp_path / "misled", lines)
+    eager = _fit(_config(2, model=tanh, compile="off"), tmp_path / "eager")
+    assert not path.exists() and any("gave loss terms" in line and "deleted" in line for line in lines)
+    assert not any(r["ahead_of_time"] for r in misled.history)
+    for a, b in zip(misled.model.state_dict().values(), eager.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_package_that_does_not_load_is_deleted(tmp_path, monkeypatch):
+    path = _as_every_key(monkeypatch, tmp_path, b"half a package")
+    lines = []
+    result = _fit(_config(1, compile="auto"), tmp_path / "run", lines)
+    assert not path.exists() and any("does not load" in line and "training without it" in line for line in lines)
+    assert not result.history[0]["ahead_of_time"]
+
+
+def test_the_key_follows_what_shapes_the_graph_and_nothing_else():
+    base = aot.config_material(_config())
+    for same in (_config(9), _config(lr=0.1, seed=5, compile="auto", threads=1, max_minutes=3.0)):
+        assert aot.config_material(same) == base
+    for other in (_config(model={"activation": "tanh"}), _config(model={"latent_dim": 3}), _config(precision="bf16"),
+                  _config(loss="iwae", mc_samples=2), _config(beta=4.0), _config(adam_eps=1e-4)):
+        assert aot.config_material(other) != base
+    module = torch.nn.Linear(3, 2)
+    key = aot.package_key(base, module, print, {"x": torch.zeros(16, 3)})
+    assert aot.package_key(base, module, print, {"x": torch.zeros(16, 3)}) == key
+    assert aot.package_key(base, module, print, {"x": torch.zeros(8, 3)}) != key
+    assert aot.package_key(base, torch.nn.Linear(3, 3), print, {"x": torch.zeros(16, 3)}) != key
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)   # the kernels are built for a thread count
+        assert aot.package_key(base, module, print, {"x": torch.zeros(16, 3)}) != key
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_source_of_a_model_class_from_elsewhere_is_in_the_key(tmp_path, monkeypatch):
+    plugin = tmp_path / "my_layers.py"
+    plugin.write_text("import torch\nclass Twice(torch.nn.Module):\n    def forward(self, x):\n        return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_layers
+    before = aot.source_digest(my_layers.Twice(), print)
+    plugin.write_text(plugin.read_text().replace("2 * x", "3 * x"))
+    aot._source_digest.cache_clear()
+    assert aot.source_digest(my_layers.Twice(), print) != before
+    shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
