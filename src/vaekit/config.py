@@ -243,8 +243,10 @@ class TrainConfig:
                                  default_text="the CPUs of this process that are idle when training starts")
     precision: str = option("auto", "auto (bf16 autocast where this machine runs it faster; measured once and cached), "
                             "fp32 or bf16; weights and sums stay fp32")
-    compile: str = option("auto", "torch.compile the training step (forward, backward and Adam as one graph where it "
-                          "can): on, off, or auto (runs of 10,000 steps or more; a compile costs seconds)")
+    compile: str = option("auto", "compile the training step (forward, backward and Adam as one graph where it can): "
+                          "on (built ahead of time once per machine and model, then loaded by every later run; "
+                          "torch.compile where that cannot be), off, or auto (a step built before is used; a run of "
+                          "10,000 steps or more builds or compiles one)")
 
     def __post_init__(self):
         if isinstance(self.batch_growth, (list, tuple)):   # lists from argparse or JSON
