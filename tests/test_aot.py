@@ -136,3 +136,15 @@ def test_the_source_of_a_model_class_from_elsewhere_is_in_the_key(tmp_path, monk
     aot._source_digest.cache_clear()
     assert aot.source_digest(my_layers.Twice(), print) != before
     shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
+
+
+def test_auto_resumes_a_run_with_the_kind_of_step_it_had(package, tmp_path):
+    """A run begun eagerly goes on eagerly under auto, though a step built ahead of time is there now: exactly the
+    unbroken eager run."""
+    whole = _fit(_config(2, compile="off"), tmp_path / "whole")
+    _fit(_config(1, compile="off"), tmp_path / "parts")
+    resumed = fit(_config(2, compile="auto"), tmp_path / "parts", resume=True, data=synthetic_splits(SHAPE, n=96),
+                  progress=False, log=lambda line: None)
+    assert not any(r["ahead_of_time"] for r in resumed.history)
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

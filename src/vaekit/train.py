@@ -79,6 +79,7 @@ class Session:
     world: World = field(default_factory=World)   # this process among the training processes (torchrun)
     data_name: str = ""
     hook_stop: str = ""              # why a hook asked training to stop (empty: go on)
+    resumed_ahead: bool | None = None  # resumed: whether the run's steps so far came from a step built ahead of time
 
 
 def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
@@ -142,8 +143,10 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     tcfg = s.config.train
     steps_left = steps_in(tcfg, len(s.train), s.start, tcfg.epochs)
     compiled = should_compile(tcfg.compile, steps_left, world.distributed)
-    # the step compiled ahead of time: used wherever this machine has it for this model, built where compiling
-    ahead = AheadOfTime(config_material(s.config), build=compiled, log=log) if tcfg.compile != "off" else None
+    # the step compiled ahead of time: used wherever this machine has it for this model, built where compiling; auto
+    # resumes a run with the kind of step it had (eager or compiled in the process, or not), so that it goes on exactly
+    ahead = AheadOfTime(config_material(s.config), build=compiled, log=log) if tcfg.compile == "on" or (
+        tcfg.compile == "auto" and (not resume or s.resumed_ahead)) else None
     s.step = Step(s.model, get_loss(tcfg.loss), s.precision, batch_sizes(tcfg, s.start, tcfg.epochs), compiled, log,
                   world, optimizer=s.optimizer if tcfg.schedule == "joint" else None,   # alternating: hold_fixed between
                   ahead=ahead)
@@ -233,6 +236,7 @@ def _restore(s: Session) -> None:
     s.guard.lr_scale = state.get("lr_scale", 1.0)
     if s.config.train.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
         s.precision = state["precision"]   # what 'auto' chose when the run started: a resume never switches
+    s.resumed_ahead = bool(state.get("ahead_of_time"))
     tensors = state["tensors"]
     torch.set_rng_state(tensors["torch_rng"])
     s.generator.set_state(tensors["data_rng"].to(s.generator.get_state().device))
@@ -428,7 +432,7 @@ def _summed_over_processes(s: Session, sums: dict) -> dict:
 
 def _state(s: Session, finished_epochs: int) -> dict:
     return {"epoch": finished_epochs, "best_loss": s.best_loss, "best_epoch": s.best_epoch, "lr_scale": s.guard.lr_scale,
-            "precision": s.precision,
+            "precision": s.precision, "ahead_of_time": s.step.ahead_of_time,
             "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": s.generator.get_state().cpu()}}
 
 
