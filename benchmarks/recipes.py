@@ -6,7 +6,8 @@ evaluate_run (not clocked). Rounds alternate the recipes, so each round sees the
         "preset=" "batch 256 throughout=--batch-size-from 5 256" "1024 from epoch 3=--epochs 7 --batch-size-from 3 1024"
 
 Each recipe is NAME=FLAGS (FLAGS may be empty: the preset itself). Writes results/recipes.{json,md}: per recipe
-the command times, the test -ELBO of each round, and the median images/s over epochs, by batch size.
+the command times, the test -ELBO of each round, and the median images/s over epochs, by batch size (--name: another
+file name, so that a run does not replace the one a text quotes).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="+", help="NAME=FLAGS, e.g. 'last epoch at 1024=--batch-size-from 4 1024'")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--name", default="recipes", help="results/NAME.{json,md} (default: recipes)")
     args = p.parse_args()
     recipes = {}
     for item in args.recipes:
@@ -50,9 +52,9 @@ def main() -> None:
                   f"{b}: {statistics.median(x['images_per_s_by_batch_size'][b] for x in runs):,.0f}"
                   for b in runs[0]["images_per_s_by_batch_size"])}
              for name, runs in results.items()]
-    write("recipes", {"rounds": args.rounds, "runs": results}, table,
+    out = write(args.name, {"rounds": args.rounds, "runs": results}, table,
           ["recipe", "flags", "command s (each round)", "median s", "test -ELBO", "images/s by batch size"])
-    print((Path(__file__).resolve().parent / "results" / "recipes.md").read_text())
+    print(out.read_text())
 
 
 if __name__ == "__main__":
