@@ -2,6 +2,7 @@
 of the same model on the same machine, taking the steps the eager step takes; a package that does not load or
 does not match its model is deleted and never trained with."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -148,3 +149,12 @@ def test_auto_resumes_a_run_with_the_kind_of_step_it_had(package, tmp_path):
     assert not any(r["ahead_of_time"] for r in resumed.history)
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_cache_keeps_the_packages_used_last(tmp_path):
+    for i in range(5):
+        (tmp_path / f"{i}.pt2").write_bytes(b"x")
+        os.utime(tmp_path / f"{i}.pt2", (1000 + i, 1000 + i))
+    (tmp_path / "notes.txt").write_text("not a package")
+    aot.prune(tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2.pt2", "3.pt2", "4.pt2", "notes.txt"]

@@ -47,6 +47,7 @@ UNRELATED = {"train": {"epochs", "batch_size", "batch_growth", "lr", "lr_schedul
                        "early_stop", "checkpoint_every", "seed", "threads", "compile", "device", "prior_epochs"},
              "data": {"data_dir", "path", "val_size", "limit", "test_fraction", "fingerprint"}}
 AGREEMENT = 1e-3   # the first step's loss terms: relative difference from the eager forward pass at most this
+KEEP = 32          # packages kept in the cache (about 2-3 MB each), the most recently used: older ones go at a build
 
 
 class Unavailable(Exception):
@@ -150,6 +151,17 @@ def build(path: Path, whole_step, module, names, fixed_names, ctx, betas, eps, a
             atomic_write_bytes(path, built.read_bytes())
 
 
+def prune(folder: Path, keep: int = KEEP) -> None:
+    """Delete all but the `keep` most recently used packages in `folder` (a package's time is its last load): every
+    change of vaekit or torch makes new keys, and the old packages would pile up."""
+    try:
+        packages = sorted(folder.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for old in packages[keep:]:
+        old.unlink(missing_ok=True)
+
+
 def load(path: Path):
     """The package's runner: torch._C's loader (private, but it imports no compiler: 2 ms here), else the public
     torch._inductor.aoti_load_package's (imports Inductor)."""
@@ -187,6 +199,7 @@ class AheadOfTime:
         if path.exists():
             try:
                 found = Package(path, load(path))
+                path.touch()   # used now: prune() keeps the packages used last
             except Exception as e:   # a truncated or foreign file: built again where building is allowed
                 self.log(f"note: the compiled step {path} does not load ({type(e).__name__}); "
                          + ("building it again" if self.build else "training without it"))
@@ -196,6 +209,7 @@ class AheadOfTime:
                      f"machine: about 10-20 s) into {path}")
             try:
                 build_into(path)
+                prune(path.parent)
                 found = Package(path, load(path))
             except Unavailable as e:
                 self.log(f"note: the step cannot be compiled ahead of time ({e}); compiling it in this process instead")
