@@ -221,7 +221,14 @@ class Step:
             return None
         flat = [*args[0], *args[1], *args[2], *args[3], *args[4], args[5], args[6], *args[7], args[8]]
         before = None if package.checked else torch.get_rng_state()
-        out = package.run(flat)
+        try:
+            out = package.run(flat)
+        except Exception as e:   # inputs it was not built for: a package that is not this model's (unchecked only)
+            if package.checked:
+                raise
+            torch.set_rng_state(before)
+            self._ahead.drop(len(x), f"does not run on this model's tensors ({in_one_line(e)})")
+            return None
         if not package.checked:   # its loss terms against the eager forward pass's, on the same batch and noise
             after = torch.get_rng_state()
             torch.set_rng_state(before)
