@@ -278,7 +278,7 @@ def write(rows: list[dict], limits: dict, fixed: dict, nll: dict | None, built: 
                 f"{b}: {v:,.0f} images/s ({100 * v * FLOPS_PER_IMAGE / 1e9 / limits['bf16_gflops']:.0f}% of the bf16 limit)"
                 for b, v in r["images_per_s_by_batch_size"].items()) + ".")
     for r in rows:
-        if any(any(run) for run in r.get("ahead_of_time") or []):
+        if any(any(run or []) for run in r.get("ahead_of_time") or []):
             lines.append(f"{r['contestant']}: its epochs ran the step compiled ahead of time: "
                          f"{sum(map(all, r['ahead_of_time']))} of {len(r['ahead_of_time'])} runs throughout.")
     lines.append("The steps compiled ahead of time, built before the rounds by `--compile on` runs (once per machine, "
