@@ -23,6 +23,7 @@ deleted and the run goes on without it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -159,7 +160,13 @@ def prune(folder: Path, keep: int = KEEP) -> None:
     except OSError:
         return
     for old in packages[keep:]:
-        old.unlink(missing_ok=True)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete `path` if it can be (a read-only cache keeps its files; nothing depends on their going)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def load(path: Path):
@@ -199,11 +206,13 @@ class AheadOfTime:
         if path.exists():
             try:
                 found = Package(path, load(path))
-                path.touch()   # used now: prune() keeps the packages used last
             except Exception as e:   # a truncated or foreign file: built again where building is allowed
                 self.log(f"note: the compiled step {path} does not load ({type(e).__name__}); "
                          + ("building it again" if self.build else "training without it"))
-                path.unlink(missing_ok=True)
+                _remove(path)
+            else:
+                with contextlib.suppress(OSError):   # used now: prune() keeps the packages used last
+                    path.touch()
         if found is None and self.build:
             self.log(f"building the training step for batches of {rows} ahead of time (once for this model on this "
                      f"machine: about 10-20 s) into {path}")
@@ -226,7 +235,7 @@ class AheadOfTime:
         """Stop using (and delete) the package for `rows`: it disagreed with the eager step."""
         package = self.packages.get(rows)
         if package is not None:
-            package.path.unlink(missing_ok=True)
+            _remove(package.path)
             self.log(f"note: the compiled step {package.path} {why}; deleted, training without it")
         self.packages[rows] = None
 
