@@ -171,7 +171,7 @@ class Step:
         for __call__."""
         if len(x) not in self.full_rows:
             return None
-        if self._ahead is not None:
+        if self._ahead is not None and self._ahead.packages.get(len(x), True) is not None:   # (None: known to be missing)
             values = self._ahead_update(x, y, ctx)
             if values is not None:
                 return values
