@@ -171,3 +171,18 @@ def test_the_cache_keeps_the_packages_used_last(tmp_path):
     (tmp_path / "notes.txt").write_text("not a package")
     aot.prune(tmp_path, keep=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2.pt2", "3.pt2", "4.pt2", "notes.txt"]
+
+
+def test_a_step_that_cannot_be_built_is_not_traced_again(tmp_path):
+    path, tried = tmp_path / "steps" / "k.pt2", []
+
+    def cannot(into):
+        tried.append(into)
+        raise aot.Unavailable("data-dependent shapes")
+
+    for run in range(2):
+        lines = []
+        assert aot.AheadOfTime({}, build=True, log=lines.append).package(16, lambda: (path, cannot)) is None
+        assert len(tried) == 1 and not path.exists()
+        assert any("cannot be compiled ahead of time (data-dependent shapes" in line for line in lines)
+        assert ("found before" in lines[-1]) == (run == 1)

@@ -234,7 +234,7 @@ class Step:
             torch.set_rng_state(before)
             with torch.no_grad():
                 reference = loss_and_sums(self.terms_of, x, y, ctx, None)[1]
-            if not aot.agrees(out[0], reference):
+            if not aot.agrees(out[0], reference, self.terms_of.precision):
                 torch.set_rng_state(before)
                 self._ahead.drop(len(x), f"gave loss terms {out[0][:3].tolist()} where the eager step gives "
                                          f"{reference.tolist()}")
