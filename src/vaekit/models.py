@@ -7,8 +7,8 @@ vaekit.objectives, not a new class here.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from .config import ModelConfig, TrainConfig, unknown
 from .data import Dataset, batches
@@ -130,14 +130,17 @@ class LatentModel(nn.Module):
 
 def label_code(y: torch.Tensor | int, num_classes: int, lead: torch.Size, device) -> torch.Tensor:
     """One-hot codes of labels y ((B,) or one int) broadcast to (*lead, num_classes), e.g. lead (k, B) for k samples."""
-    return F.one_hot(torch.as_tensor(y, device=device).long(), num_classes).float().expand(*lead, num_classes)
+    # a comparison with 0..K-1, not F.one_hot: the same codes, and no check of the labels' values that tracing with
+    # fake tensors cannot make (the step built ahead of time); given() has checked them (check_labels)
+    y = torch.as_tensor(y, device=device).long()
+    return (y.unsqueeze(-1) == torch.arange(num_classes, device=device)).float().expand(*lead, num_classes)
 
 
 def check_labels(y, num_classes: int) -> None:
     if y is None:
         raise ConfigError("the conditional VAE needs a label: pass one (--label N) or data with labels")
     y = torch.as_tensor(y)
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():   # a traced graph: values are not known
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or is_fake(y):   # traced: values are not known
         return
     if y.dtype.is_floating_point or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes)):
         raise ConfigError(f"labels must be integers in 0..{num_classes - 1} (the classes this model was trained on); "
