@@ -128,3 +128,13 @@ def test_kl_warm_up_and_the_capacity_schedule():
     torch.manual_seed(0)
     warm = LOSSES["elbo"](model, x, LossContext(TrainConfig(beta=4.0, kl_warmup_epochs=2.0), 1.0))
     torch.testing.assert_close(warm["loss"], warm["recon"] + 2.0 * warm["kl"])
+
+
+def test_label_codes_are_one_hot_codes():
+    import torch.nn.functional as F
+
+    from vaekit.models import label_code
+    y = torch.tensor([0, 3, 9, 3])
+    torch.testing.assert_close(label_code(y, 10, torch.Size([2, 4]), "cpu"),
+                               F.one_hot(y, 10).float().expand(2, 4, 10), rtol=0, atol=0)
+    torch.testing.assert_close(label_code(7, 10, torch.Size([3]), "cpu"), F.one_hot(torch.tensor(7), 10).float().expand(3, 10))
