@@ -186,3 +186,23 @@ def test_a_step_that_cannot_be_built_is_not_traced_again(tmp_path):
         assert len(tried) == 1 and not path.exists()
         assert any("cannot be compiled ahead of time (data-dependent shapes" in line for line in lines)
         assert ("found before" in lines[-1]) == (run == 1)
+
+
+def test_a_diverging_run_on_it_skips_rolls_back_and_never_saves_non_finite_weights(package, tmp_path):
+    """lr 1000 on the built step (the learning rate is not in its key): the finite check inside it leaves the state
+    alone at each non-finite step, the guard rolls back (Adam's state replaced: the package must take the new
+    tensors), and no checkpoint holds a non-finite number."""
+    from vaekit.checkpoint import load_model
+    from vaekit.guard import DivergedError, weights_finite
+    lines = []
+    try:
+        result = _fit(_config(4, lr=1000.0), tmp_path / "run", lines)
+        assert all(r["ahead_of_time"] for r in result.history)
+        assert sum(r.get("skipped_steps", 0) for r in result.history) > 0
+    except DivergedError:
+        pass
+    assert not any(line.startswith("building") for line in lines)   # the fixture's package
+    assert any("rolled back" in line for line in lines)
+    if (tmp_path / "run" / "checkpoint").is_dir():
+        model, _, _ = load_model(tmp_path / "run")
+        assert weights_finite(model)
