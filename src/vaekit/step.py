@@ -111,8 +111,8 @@ class Step:
     """forward_backward for one model, loss and precision; compiled for full batches (of each of `batch_sizes`, a
     graph per size) when asked, as one graph with the optimiser's update where it can (update()); with several
     processes, each computes its rows of the global batch, and DDP (or the one graph) adds up the gradients.
-    ahead: the packages of the step compiled ahead of time (vaekit.aot), tried first for full batches where given
-    (one process on a CPU, vaekit's FusedAdam); torch.compile, where `compiled`, only where they are missing."""
+    ahead: the packages of the step compiled ahead of time (vaekit.aot; given only where aot.ahead_of_time_possible),
+    tried first for full batches with vaekit's FusedAdam; torch.compile, where `compiled`, only where they are missing."""
 
     def __init__(self, model, loss_fn: Callable, precision: str, batch_sizes: tuple[int, ...], compiled: bool, log=print,
                  world: World = ALONE, optimizer=None, ahead: aot.AheadOfTime | None = None):
@@ -139,8 +139,7 @@ class Step:
         one_graph = isinstance(optimizer, FusedAdam)
         self._whole_fn = _Compiled(whole_step, fullgraph=True) if compiled and one_graph else None
         # (not with the tests' backend, which stands in for Inductor to spare them its code generation)
-        self._ahead = ahead if one_graph and not world.distributed and model.device.type == "cpu" and \
-            BACKEND == "inductor" else None
+        self._ahead = ahead if one_graph and BACKEND == "inductor" else None
         self._tried = self._whole_tried = False
         if one_graph:
             self._module = self.terms_of.module if world.distributed else self.terms_of
@@ -171,25 +170,25 @@ class Step:
         for __call__."""
         if len(x) not in self.full_rows:
             return None
-        if self._ahead is not None and self._ahead.packages.get(len(x), True) is not None:   # (None: known to be missing)
-            values = self._ahead_update(x, y, ctx)
-            if values is not None:
-                return values
-        if self._whole_fn is None:
+        ahead = self._ahead is not None and self._ahead.packages.get(len(x), True) is not None   # (None: known missing)
+        if not ahead and self._whole_fn is None:
             return None
-        first, self._whole_tried = not self._whole_tried, True
         group = self.optimizer.param_groups[0]
         states = [self.optimizer.state_of(p) for p in self._weights]   # each step: a roll-back replaces them
-        steps, betas = [s["step"] for s in states], tuple(group["betas"])
-        ctx = _epoch_as_tensor(ctx)
+        steps, betas, eps = [s["step"] for s in states], tuple(group["betas"]), group["eps"]
+        factors, ctx = step_factors(steps, group["lr"], betas), _epoch_as_tensor(ctx)
+        if ahead:
+            values = self._ahead_update(x, y, ctx, states, factors, betas, eps)
+            if values is not None or self._whole_fn is None:
+                return values
+        first, self._whole_tried = not self._whole_tried, True
         scale = 1.0 / shard[2] if self.world.distributed else None
         try:
             # torch.func takes the gradients; the update itself is not differentiated
             with torch.no_grad(), batch_shard(*shard) if self.world.distributed else contextlib.nullcontext():
                 return self._whole_fn(self._module, self._names, self._weights,
                                       [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                                      steps, step_factors(steps, group["lr"], betas), x, y, ctx, betas, group["eps"],
-                                      scale)
+                                      steps, factors, x, y, ctx, betas, eps, scale)
         except Exception as e:   # an operation torch.func or Dynamo cannot trace...: the split path
             if not first:
                 raise
@@ -198,20 +197,18 @@ class Step:
                      "compiling forward and backward alone")
             return None
 
-    def _ahead_update(self, x: torch.Tensor, y: torch.Tensor | None, ctx) -> torch.Tensor | None:
-        """update() by the package compiled ahead of time for this batch's rows; None where there is none."""
-        group = self.optimizer.param_groups[0]
-        states = [self.optimizer.state_of(p) for p in self._weights]
-        steps, betas, eps = [s["step"] for s in states], tuple(group["betas"]), group["eps"]
-        ctx = _epoch_as_tensor(ctx)
+    def _ahead_update(self, x: torch.Tensor, y: torch.Tensor | None, ctx, states: list[dict], factors: torch.Tensor,
+                      betas: tuple[float, float], eps: float) -> torch.Tensor | None:
+        """update() by the package compiled ahead of time for this batch's rows; None where there is none. ctx: with
+        its epoch as a tensor; states, factors: Adam's state of each weight and step_factors."""
         args = ([p.detach() for p in self._weights], [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states], steps, [t.detach() for t in self._fixed.values()],
-                step_factors(steps, group["lr"], betas), x, [] if y is None else [y], ctx.epoch)
+                [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
+                [t.detach() for t in self._fixed.values()], factors, x, [] if y is None else [y], ctx.epoch)
 
         def plan():
             inputs = {**dict(zip(self._names, args[0], strict=True)), **self._fixed, "x": x, "y": y,
                       "dataset_size": ctx.dataset_size, "precision": self.terms_of.precision, "betas": betas,
-                      "eps": eps, "fixed": list(self._fixed)}
+                      "eps": eps}
             path = aot.package_path(aot.package_key(self._ahead.material, self._module, self.terms_of.loss_fn, inputs))
             return path, lambda into: aot.build(into, whole_step, self._module, self._names, list(self._fixed), ctx,
                                                 betas, eps, args)

@@ -145,8 +145,9 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     compiled = should_compile(tcfg.compile, steps_left, world.distributed)
     # the step compiled ahead of time: used wherever this machine has it for this model, built where compiling; auto
     # resumes a run with the kind of step it had (eager or compiled in the process, or not), so that it goes on exactly
-    ahead = AheadOfTime(config_material(s.config), build=compiled, log=log) if tcfg.compile == "on" or (
-        tcfg.compile == "auto" and (not resume or s.resumed_ahead)) else None
+    wanted = tcfg.compile == "on" or (tcfg.compile == "auto" and (not resume or s.resumed_ahead))
+    ahead = AheadOfTime(config_material(s.config), build=compiled, log=log) \
+        if wanted and ahead_of_time_possible(s.config, world) else None
     s.step = Step(s.model, get_loss(tcfg.loss), s.precision, batch_sizes(tcfg, s.start, tcfg.epochs), compiled, log,
                   world, optimizer=s.optimizer if tcfg.schedule == "joint" else None,   # alternating: hold_fixed between
                   ahead=ahead)
