@@ -44,6 +44,21 @@ def test_resume_from_the_command_line(tmp_path, capsys):
     assert "lr 0.001 -> 0.1" in err          # the message names what differs
 
 
+def test_zero_epochs_saves_the_untrained_model_as_a_baseline(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *TINY, "--epochs", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"--epochs 0: {run} keeps the untrained model as its epoch 0" in out and "report.html" in out
+    assert main(["eval", str(run), "--json"]) == 0
+    untrained = json.loads(capsys.readouterr().out)
+    assert untrained["epoch"] == 0 and untrained["neg_elbo"] > 0
+    assert (run / "metrics.jsonl").read_text() == ""
+    assert main(["train", "--resume", str(run), "--epochs", "1", "--no-progress"]) == 0
+    assert main(["eval", str(run), "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out.split("run saved in")[-1].split("\n", 1)[1])
+    assert trained["epoch"] == 1 and trained["neg_elbo"] < untrained["neg_elbo"]
+
+
 def test_autoencoder_trains_with_its_own_loss(tmp_path):
     run = tmp_path / "ae"
     assert main(["train", "--run-dir", str(run), "--model", "ae", *TINY]) == 0

@@ -38,13 +38,14 @@ def test_run_directory_and_metrics(tmp_path):
         torch.testing.assert_close(model.state_dict()[k], v)
 
 
-@pytest.mark.parametrize("pixels", ["grey", "dynamic"])
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, pixels):
+@pytest.mark.parametrize("pixels,first", [("grey", 2), ("dynamic", 2), ("dynamic", 0)])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, pixels, first):
+    """first: the epochs of the first call; 0 saves the untrained model as epoch 0 (`vaekit train --epochs 0`)."""
     config = dataclasses.replace(TINY, data=DataConfig("digits", pixels=pixels, val_size=100),
                                  train=dataclasses.replace(TINY.train, epochs=4))
     data = load_data(config.data)
     straight = quiet(config, tmp_path / "a", data=data)
-    half = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2))
+    half = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=first))
     quiet(half, tmp_path / "b", data=data)
     torch.manual_seed(123)  # whatever happens in between must not matter
     resumed = quiet(config, tmp_path / "b", data=data, resume=True)

@@ -80,12 +80,14 @@ class Session:
     data_name: str = ""
     hook_stop: str = ""              # why a hook asked training to stop (empty: go on)
     resumed_ahead: bool | None = None  # resumed: whether the run's steps so far came from a step built ahead of time
+                                       # (None: a new run, or one that has taken no step)
 
 
 def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
         hooks: list[Hook] = (), progress: bool | None = None, log: Callable[[str], None] = print) -> FitResult:
     """Train `config` into `run_dir`; with resume, continue the run saved there. progress: a progress bar
-    (None: only when stderr is a terminal; elsewhere one line per epoch).
+    (None: only when stderr is a terminal; elsewhere one line per epoch). A new run with epochs 0 saves the untrained
+    model as its epoch 0, from which a resume trains exactly as a run begun with more epochs.
 
     Under torchrun (RANK, WORLD_SIZE in the environment) every process calls fit() alike: they join one process
     group, each computes its rows of every global batch, and process 0 alone writes the run and logs."""
@@ -101,6 +103,10 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
     progress = sys.stderr.isatty() if progress is None else progress
     started, stopped = time.perf_counter(), None
     try:
+        if not resume and s.start == s.config.train.epochs:   # --epochs 0: the untrained model is the run's epoch 0
+            s.state = _state(s, 0)
+            if s.world.main:
+                save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
         with stop_on_signals(s):
             for epoch in range(s.start, s.config.train.epochs):
                 record = train_epoch(s, epoch, progress)
@@ -145,7 +151,7 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     compiled = should_compile(tcfg.compile, steps_left, world.distributed)
     # the step compiled ahead of time: used wherever this machine has it for this model, built where compiling; auto
     # resumes a run with the kind of step it had (eager or compiled in the process, or not), so that it goes on exactly
-    wanted = tcfg.compile == "on" or (tcfg.compile == "auto" and (not resume or s.resumed_ahead))
+    wanted = tcfg.compile == "on" or (tcfg.compile == "auto" and s.resumed_ahead is not False)
     ahead = AheadOfTime(config_material(s.config), build=compiled, log=log) \
         if wanted and ahead_of_time_possible(s.config, world) else None
     s.step = Step(s.model, get_loss(tcfg.loss), s.precision, batch_sizes(tcfg, s.start, tcfg.epochs), compiled, log,
@@ -153,8 +159,11 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
                   ahead=ahead)
     if s.start < tcfg.epochs:
         log(banner(s))
-    else:
+    elif resume:
         log(f"nothing to train: {run_dir} has finished its {tcfg.epochs} epochs; raise --epochs to train more")
+    else:
+        log(f"--epochs 0: {run_dir} keeps the untrained model as its epoch 0 (a baseline for eval and sample); train "
+            f"it with `vaekit train --resume {run_dir} --epochs N`")
     return s
 
 
@@ -237,7 +246,8 @@ def _restore(s: Session) -> None:
     s.guard.lr_scale = state.get("lr_scale", 1.0)
     if s.config.train.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
         s.precision = state["precision"]   # what 'auto' chose when the run started: a resume never switches
-    s.resumed_ahead = bool(state.get("ahead_of_time"))
+    # no step taken yet (the untrained epoch 0 of --epochs 0): the kind of step is chosen as for a new run
+    s.resumed_ahead = bool(state.get("ahead_of_time")) if s.start or state.get("step") else None
     tensors = state["tensors"]
     torch.set_rng_state(tensors["torch_rng"])
     s.generator.set_state(tensors["data_rng"].to(s.generator.get_state().device))
