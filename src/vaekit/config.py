@@ -104,6 +104,8 @@ def check_types(section: type, cfg) -> None:
     for name, hint in _hints(section).items():
         value = getattr(cfg, name)
         if not _accepts(hint, value):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise impossible(section, name, value, "it must be a finite number")
             kind = str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
             raise impossible(section, name, value, f"it must be {kind}")
 
