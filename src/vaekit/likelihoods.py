@@ -32,7 +32,7 @@ class BernoulliHead(nn.Module):
 
 
 class GaussianHead(nn.Module):
-    """N(mean, diag(sigma^2)): sigma fixed by the config (obs_std), or learned per feature."""
+    """N(mean, diag(sigma^2)): sigma is --obs-std (ModelConfig.obs_std) unless learned per feature."""
 
     params_per_feature = 1
     support = None        # any real data
