@@ -238,6 +238,22 @@ def test_bad_input_is_one_line_on_the_command_line(run_dirs, tmp_path, capsys, a
     assert message in err and err.count("\n") == 1 and err.startswith("vaekit: error: ")
 
 
+@pytest.mark.parametrize("args,message", [
+    (["plot", "{vae10}", "--dims", "0", "12"], "vae10 has latent_dim=10"),
+    (["plot", "{vae2}", "--pair", "0", "5000"], "the test set of vae2 has 297 images"),
+    (["plot", "{vae2}", "--label", "3"], "vae2 is not a conditional model"),
+    (["compare", "{vae2}", "{vae10}", "--dims", "0", "3"], "vae2 has latent_dim=2"),
+    (["report", "{vae2}", "--pair", "0", "5000", "--out", "{tmp}/out/report.html"], "the test set of vae2 has 297 images"),
+])
+def test_an_option_that_does_not_fit_the_run_fails_before_any_figure_is_written(run_dirs, tmp_path, capsys, args, message):
+    args = [a.format(tmp=tmp_path, **run_dirs) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    assert main([*args, *out]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_plot_and_compare_from_the_command_line(run_dirs, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main(["plot", str(run_dirs["vae1"]), "--kind", "manifold", "strip", "--out", str(out), "--dpi", "50"]) == 0

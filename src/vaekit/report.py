@@ -113,6 +113,7 @@ def write_report(run_dir, out: str | Path | None = None, options: PlotOptions | 
     """`vaekit report RUN`: write RUN/report.html (or `out`); with figures_dir, also each figure as a PNG there."""
     run = open_run(run_dir, device, data_dir, checkpoint, allow_changed_data)
     options = options or PlotOptions()
+    run.check_options(options)
     out = Path(out) if out else run.dir / "report.html"
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")

@@ -129,6 +129,7 @@ def plot_run(run, kinds=None, out: str | Path | None = None, options: PlotOption
     """`vaekit plot RUN`: each kind (default: all) as OUT/KIND.png (default OUT: RUN/figures)."""
     names, opt = resolve_kinds(kinds), _options(options, overrides)
     r = open_run(run, device, data_dir, checkpoint, allow_changed_data)
+    r.check_options(opt)
     out = _out_dir(Path(out) if out else r.dir / "figures")
     result = Figures()
     for kind in names:
@@ -149,6 +150,8 @@ def compare_runs(runs, kinds=None, out: str | Path = "compare", options: PlotOpt
         raise ConfigError("compare needs at least two runs: vaekit compare RUN_A RUN_B ...")
     names, opt = resolve_kinds(kinds), _options(options, overrides)
     opened = [open_run(r, device, data_dir, checkpoint, allow_changed_data) for r in runs]
+    for r in opened:
+        r.check_options(opt)
     out = _out_dir(Path(out))
     result = Figures()
     for kind in names:

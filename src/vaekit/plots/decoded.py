@@ -9,7 +9,6 @@ import math
 import numpy as np
 import torch
 
-from ..errors import ConfigError
 from ..images import image_grid
 from .run import NotApplicable, PlotOptions, Run
 
@@ -197,9 +196,7 @@ def draw_interpolate(run: Run, fig, opt: PlotOptions) -> str:
     pairs = list(opt.pairs) if opt.pairs else default_pairs(test.y, opt.n_pairs, len(test))
     if not pairs:
         raise NotApplicable(f"the test set of {run.name} has fewer than two images")
-    if max(max(p) for p in pairs) >= len(test):
-        raise ConfigError(f"--pair {max(max(p) for p in pairs)}: the test set of {run.name} has {len(test)} images "
-                          f"(indices 0..{len(test) - 1})")
+    run.check_pairs(pairs)
     steps = opt.steps or 10
     t = torch.linspace(0, 1, steps)
     circle = opt.great_circle and run.latent_dim > 1

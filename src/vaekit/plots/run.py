@@ -137,6 +137,22 @@ class Run:
             raise NotApplicable(f"{self.name} is a VQ-VAE: its z is {self.model.code_positions} discrete codes, with no continuous "
                                 f"space for the {figure} figure to move through; see samples and reconstructions")
 
+    def check_options(self, opt: PlotOptions) -> None:
+        """The options whose sense depends on this run (--dims, --pair, --label), checked before any figure is
+        drawn: a bad one is an error before the first PNG, not after several."""
+        if opt.dims is not None:
+            self.two_dims(opt.dims)
+        if opt.pairs:
+            self.check_pairs(opt.pairs)
+        if opt.label is not None:
+            check_label(self.model, opt.label, self.name)
+
+    def check_pairs(self, pairs) -> None:
+        """Each --pair I J names test images of this run."""
+        if max(max(p) for p in pairs) >= len(self.test):
+            raise ConfigError(f"--pair {max(max(p) for p in pairs)}: the test set of {self.name} has {len(self.test)} "
+                              f"images (indices 0..{len(self.test) - 1})")
+
     def label_note(self, label: int | None) -> str:
         """', given y = 3' in the title of a conditional model's decoded figure."""
         return f", given y = {0 if label is None else label}" if self.conditional else ""
