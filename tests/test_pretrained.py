@@ -37,6 +37,13 @@ def test_a_saved_folder_loads_bit_identical_weights_and_evaluates_the_same(tmp_p
     assert model.run_config == run.config
 
 
+def test_a_run_directory_loads_as_its_last_checkpoint(run):
+    model = from_pretrained(run.run_dir)
+    assert not model.training and model.run_config == run.config
+    for (name, a), b in zip(run.model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_loading_runs_no_code_and_unpickles_nothing_in_the_folder(tmp_path, run):
     folder = save_pretrained(run.run_dir, tmp_path / "model")
     marker = tmp_path / "executed"

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import FORMAT, _read, check_finite, load_model
+from .checkpoint import FORMAT, _read, check_finite, has_checkpoint, load_model
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError
 from .files import atomic_write_text, file_mode, new_folder
@@ -92,14 +92,20 @@ def _hub():
 
 def from_pretrained(source: str | Path, device: str = "cpu", revision: str | None = None):
     """The model in a save_pretrained folder, or in a hub repository `owner/name` (downloaded with huggingface_hub,
-    only the files vaekit writes); in eval mode, its RunConfig as `model.run_config`."""
+    only the files vaekit writes), or in a run directory (its last checkpoint, as push_to_hub takes a run too); in
+    eval mode, its RunConfig as `model.run_config`."""
     folder = Path(source)
+    if folder.is_dir() and has_checkpoint(folder):
+        model, config, _ = load_model(folder, device)
+        model.run_config = config
+        return model.eval()
     if not folder.is_dir():
         if str(source).count("/") != 1 or str(source).startswith((".", "/")):
             raise CheckpointError(f"{source} is neither a folder nor a hub repo id (owner/name)")
         folder = Path(_hub().snapshot_download(str(source), revision=revision, allow_patterns=list(FILES)))
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-        raise CheckpointError(f"{folder} has no {CONFIG} and {WEIGHTS}; pass a folder vaekit.save_pretrained wrote")
+        raise CheckpointError(f"{folder} has no {CONFIG} and {WEIGHTS}; pass a folder vaekit.save_pretrained wrote, "
+                              "or a run directory")
     config = RunConfig.load(folder / CONFIG)   # JSON, never executed
     model = build_model(config.model)
     tensors, _ = _read(folder / WEIGHTS)   # safetensors with vaekit's marker, else a one-line error
