@@ -15,8 +15,9 @@ training images/s (median over epochs; vaekit's also by batch size, where its re
 as % of the bf16 and the fp32 matmul limit measured at the start of this run (2048^2 products), images/s with
 another process spinning on one core and its ratio to idle, and
 vaekit's fixed cost (`vaekit train --epochs 0` less `python -c "import torch"`). Last, the k = 5,000 likelihood:
-pythae's get_nll on 100 test images (scaled x100) against vaekit's estimate on all 10,000, on the same weights
-(vaekit's, copied into pythae's model), and the two estimates on the same 100 images.
+pythae's get_nll on 100 test images against vaekit's estimate on a quarter of the 10,000, alternated four times
+(the ratio of their seconds per image, median of the rounds), on the same weights (vaekit's, copied into
+pythae's model), and the two estimates on the same 100 images.
 
     VAEKIT_DATA=../shared/datasets python benchmarks/speed.py [--pythae-python PATH]   # results/speed.{json,md}
 
@@ -147,7 +148,9 @@ def fixed_cost(rounds: int) -> dict:
             "beyond_torch_s": statistics.median(vaekit_s) - statistics.median(torch_s)}
 
 
-def likelihoods(run_dir: Path, python: str, n_pythae: int, k: int) -> dict:
+def likelihoods(run_dir: Path, python: str, n_pythae: int, k: int, rounds: int = 4) -> dict:
+    """pythae's get_nll on n_pythae test images and vaekit's estimate on a 1/rounds share of the 10,000, alternated
+    `rounds` times (the same machine load for both): the ratio of their seconds per image, round by round."""
     from vaekit.checkpoint import load_model  # noqa: PLC0415
     from vaekit.data import Dataset, load_run_data  # noqa: PLC0415
     from vaekit.evaluate import log_likelihood  # noqa: PLC0415
@@ -159,29 +162,41 @@ def likelihoods(run_dir: Path, python: str, n_pythae: int, k: int) -> dict:
          "decoder.fc1.weight": sd["decoder.0.weight"], "decoder.fc1.bias": sd["decoder.0.bias"],
          "decoder.fc2.weight": sd["decoder.2.weight"], "decoder.fc2.bias": sd["decoder.2.bias"]}
     test = load_run_data(config.data).test
-    with tempfile.TemporaryDirectory() as d:
-        torch.save(w, f"{d}/w.pt")
-        done = subprocess.run([python, "pythae_vae.py", "nll", "--weights", f"{d}/w.pt", "--n", str(n_pythae), "--k", str(k)],
-                              cwd=PEERS, check=True, capture_output=True, text=True)
-    pythae = json.loads(done.stdout.splitlines()[-1])
     torch.manual_seed(0)
     same = log_likelihood(model, Dataset(test.head(n_pythae)), k, precision="auto")   # as `vaekit eval --nll-k` runs it
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    full = log_likelihood(model, test, k, precision="auto")
-    seconds = time.perf_counter() - t0
-    out = {"k": k, "pythae_images": n_pythae, "pythae_seconds": pythae["seconds"],
-           "pythae_seconds_10000": pythae["seconds"] * len(test) / n_pythae, "pythae_nll_same_images": pythae["nll"],
-           "vaekit_nll_same_images": same["nll"], "vaekit_nll_se_same_images": same["nll_se"],
-           "vaekit_precision": full["precision"], "vaekit_seconds_10000": seconds, "vaekit_nll_10000": full["nll"],
-           "vaekit_nll_se_10000": full["nll_se"], "ratio": pythae["seconds"] * len(test) / n_pythae / seconds}
-    if full["precision"] != "bf16":   # what auto picked, against bf16 on the same samples (compiled beforehand)
+    shares = [torch.arange(len(test))[r::rounds] for r in range(rounds)]   # every rounds-th image: alike in difficulty
+    pythae, vaekit = [], []
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(w, f"{d}/w.pt")
+        for r, rows in enumerate(shares):
+            done = subprocess.run([python, "pythae_vae.py", "nll", "--weights", f"{d}/w.pt", "--n", str(n_pythae),
+                                   "--k", str(k)], cwd=PEERS, check=True, capture_output=True, text=True)
+            pythae.append(json.loads(done.stdout.splitlines()[-1]))
+            torch.manual_seed(r)
+            vaekit.append(log_likelihood(model, Dataset(test.take(rows)), k, precision="auto"))
+            print(f"likelihood round {r + 1}: pythae {pythae[-1]['seconds']:.1f} s for {n_pythae} images, vaekit "
+                  f"{vaekit[-1]['seconds']:.1f} s for {len(rows)}", flush=True)
+    per_image = lambda result, n: result["seconds"] / n   # noqa: E731
+    each = [per_image(p, n_pythae) / per_image(v, len(rows)) for p, v, rows in zip(pythae, vaekit, shares, strict=True)]
+    nll = torch.cat([v["per_example_nll"] for v in vaekit])
+    seconds = sum(v["seconds"] for v in vaekit)
+    pythae_s = statistics.median(p["seconds"] for p in pythae)
+    out = {"k": k, "rounds": rounds, "pythae_images": n_pythae, "pythae_seconds": pythae_s,
+           "pythae_seconds_each": [p["seconds"] for p in pythae], "pythae_seconds_10000": pythae_s * len(test) / n_pythae,
+           "pythae_nll_same_images": pythae[0]["nll"], "vaekit_nll_same_images": same["nll"],
+           "vaekit_nll_se_same_images": same["nll_se"], "vaekit_precision": vaekit[0]["precision"],
+           "vaekit_seconds_10000": seconds, "vaekit_nll_10000": nll.mean().item(),
+           "vaekit_nll_se_10000": (nll.std() / len(nll) ** 0.5).item(), "ratio": statistics.median(each),
+           "ratio_each": each}
+    if out["vaekit_precision"] != "bf16":   # what auto picked, against bf16 on the same samples (compiled beforehand)
         log_likelihood(model, Dataset(test.head(n_pythae)), k, precision="bf16")
-        torch.manual_seed(0)
-        t0 = time.perf_counter()
-        bf16 = log_likelihood(model, test, k, precision="bf16")
-        out.update(bf16_seconds_10000=time.perf_counter() - t0, bf16_nll_10000=bf16["nll"],
-                   paired_difference_se=float((full["per_example_nll"] - bf16["per_example_nll"]).std() / len(test) ** 0.5))
+        bf16 = []
+        for r, rows in enumerate(shares):
+            torch.manual_seed(r)
+            bf16.append(log_likelihood(model, Dataset(test.take(rows)), k, precision="bf16"))
+        bf16_nll = torch.cat([b["per_example_nll"] for b in bf16])
+        out.update(bf16_seconds_10000=sum(b["seconds"] for b in bf16), bf16_nll_10000=bf16_nll.mean().item(),
+                   paired_difference_se=float((nll - bf16_nll).std() / len(nll) ** 0.5))
     return out
 
 
@@ -287,9 +302,11 @@ def write(rows: list[dict], limits: dict, fixed: dict, nll: dict | None, built: 
               f"vaekit's fixed cost: `vaekit train --epochs 0` {fixed['vaekit_epochs0_s']:.2f} s, `python -c \"import torch\"` "
               f"{fixed['import_torch_s']:.2f} s: {fixed['beyond_torch_s']:.2f} s beyond torch (medians of 3)."]
     if nll:
-        lines.append(f"k = {nll['k']:,} likelihood: pythae's get_nll {nll['pythae_seconds']:.1f} s for {nll['pythae_images']} images "
-                     f"({nll['pythae_seconds_10000']:.0f} s scaled to 10,000); vaekit {nll['vaekit_seconds_10000']:.1f} s for all "
-                     f"10,000: {nll['ratio']:.1f}x. Same weights, same {nll['pythae_images']} images: pythae "
+        lines.append(f"k = {nll['k']:,} likelihood, {nll['rounds']} alternating rounds: pythae's get_nll "
+                     f"{nll['pythae_seconds']:.1f} s for {nll['pythae_images']} images (median; "
+                     f"{nll['pythae_seconds_10000']:.0f} s scaled to 10,000); vaekit {nll['vaekit_seconds_10000']:.1f} s for all "
+                     f"10,000 in {nll['rounds']} shares: {nll['ratio']:.1f}x per image (median of the rounds: "
+                     f"{', '.join(f'{x:.1f}' for x in nll['ratio_each'])}). Same weights, same {nll['pythae_images']} images: pythae "
                      f"{nll['pythae_nll_same_images']:.2f}, vaekit {nll['vaekit_nll_same_images']:.2f} nats "
                      f"(vaekit on 10,000: {nll['vaekit_nll_10000']:.2f} +- {nll['vaekit_nll_se_10000']:.2f}, "
                      f"{nll['vaekit_precision']}).")
