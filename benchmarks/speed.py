@@ -165,6 +165,11 @@ def likelihoods(run_dir: Path, python: str, n_pythae: int, k: int, rounds: int =
     torch.manual_seed(0)
     same = log_likelihood(model, Dataset(test.head(n_pythae)), k, precision="auto")   # as `vaekit eval --nll-k` runs it
     shares = [torch.arange(len(test))[r::rounds] for r in range(rounds)]   # every rounds-th image: alike in difficulty
+
+    def share(r: int, precision: str) -> dict:   # vaekit's estimate on share r, its noise seeded by r
+        torch.manual_seed(r)
+        return log_likelihood(model, Dataset(test.take(shares[r])), k, precision=precision)
+
     pythae, vaekit = [], []
     with tempfile.TemporaryDirectory() as d:
         torch.save(w, f"{d}/w.pt")
@@ -172,12 +177,10 @@ def likelihoods(run_dir: Path, python: str, n_pythae: int, k: int, rounds: int =
             done = subprocess.run([python, "pythae_vae.py", "nll", "--weights", f"{d}/w.pt", "--n", str(n_pythae),
                                    "--k", str(k)], cwd=PEERS, check=True, capture_output=True, text=True)
             pythae.append(json.loads(done.stdout.splitlines()[-1]))
-            torch.manual_seed(r)
-            vaekit.append(log_likelihood(model, Dataset(test.take(rows)), k, precision="auto"))
+            vaekit.append(share(r, "auto"))
             print(f"likelihood round {r + 1}: pythae {pythae[-1]['seconds']:.1f} s for {n_pythae} images, vaekit "
                   f"{vaekit[-1]['seconds']:.1f} s for {len(rows)}", flush=True)
-    per_image = lambda result, n: result["seconds"] / n   # noqa: E731
-    each = [per_image(p, n_pythae) / per_image(v, len(rows)) for p, v, rows in zip(pythae, vaekit, shares, strict=True)]
+    each = [(p["seconds"] / n_pythae) / (v["seconds"] / len(rows)) for p, v, rows in zip(pythae, vaekit, shares, strict=True)]
     nll = torch.cat([v["per_example_nll"] for v in vaekit])
     seconds = sum(v["seconds"] for v in vaekit)
     pythae_s = statistics.median(p["seconds"] for p in pythae)
@@ -190,10 +193,7 @@ def likelihoods(run_dir: Path, python: str, n_pythae: int, k: int, rounds: int =
            "ratio_each": each}
     if out["vaekit_precision"] != "bf16":   # what auto picked, against bf16 on the same samples (compiled beforehand)
         log_likelihood(model, Dataset(test.head(n_pythae)), k, precision="bf16")
-        bf16 = []
-        for r, rows in enumerate(shares):
-            torch.manual_seed(r)
-            bf16.append(log_likelihood(model, Dataset(test.take(rows)), k, precision="bf16"))
+        bf16 = [share(r, "bf16") for r in range(rounds)]
         bf16_nll = torch.cat([b["per_example_nll"] for b in bf16])
         out.update(bf16_seconds_10000=sum(b["seconds"] for b in bf16), bf16_nll_10000=bf16_nll.mean().item(),
                    paired_difference_se=float((nll - bf16_nll).std() / len(nll) ** 0.5))

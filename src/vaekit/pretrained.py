@@ -98,7 +98,7 @@ def from_pretrained(source: str | Path, device: str = "cpu", revision: str | Non
     if folder.is_dir() and has_checkpoint(folder):
         model, config, _ = load_model(folder, device)
         model.run_config = config
-        return model.eval()
+        return model   # in eval mode, as load_model gives it
     if not folder.is_dir():
         if str(source).count("/") != 1 or str(source).startswith((".", "/")):
             raise CheckpointError(f"{source} is neither a folder nor a hub repo id (owner/name)")
