@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaekit.data import load_data
-from vaekit.presets import get_preset
+from vaekit.config.presets import get_preset
+from vaekit.data.dataset import load_data
 
 
 def main() -> None:

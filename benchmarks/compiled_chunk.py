@@ -1,4 +1,4 @@
-"""Time one chunk of the compiled k = 5,000 likelihood estimate (vaekit.evaluate's chunk: log w =
+"""Time one chunk of the compiled k = 5,000 likelihood estimate (vaekit.evaluation.evaluate's chunk: log w =
 log p(x|z) + log p(z) - log q(z|x) and its sums over the samples) for `--images` images x `--samples`
 samples, compiled as Inductor builds it and with vaekit's CPU graph rewrites
 (src/vaekit/graph_rewrites.py); with --int8 also the bf16 graph with int8 products, the estimate's
@@ -26,12 +26,12 @@ import torch._inductor.config as inductor_config
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 from vaekit import build_model  # noqa: E402
-from vaekit.checkpoint import load_model  # noqa: E402
-from vaekit.evaluate import _chunk_sums  # noqa: E402
-from vaekit.graph_rewrites import compile_for_evaluation  # noqa: E402
-from vaekit.objectives import posterior  # noqa: E402
-from vaekit.presets import get_preset  # noqa: E402
+from vaekit.accel.graph_rewrites import compile_for_evaluation  # noqa: E402
+from vaekit.config.presets import get_preset  # noqa: E402
+from vaekit.evaluation.evaluate import _chunk_sums  # noqa: E402
+from vaekit.models.objectives import posterior  # noqa: E402
 from vaekit.runtime import autocast, keep_freed_memory  # noqa: E402
+from vaekit.store.checkpoint import load_model  # noqa: E402
 
 DIFF = "max abs diff of the chunk's log-sum-exp from eager fp32"
 

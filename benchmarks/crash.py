@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from vaekit.checkpoint import has_checkpoint, load_model, load_trainer_state
+from vaekit.store.checkpoint import has_checkpoint, load_model, load_trainer_state
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMING = ("seconds", "images_per_s")

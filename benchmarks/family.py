@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write  # noqa: E402
 from vaekit import DataConfig, Dataset, ModelConfig, RunConfig, TrainConfig, fit, load_data, load_model  # noqa: E402
-from vaekit.checkpoint import has_checkpoint  # noqa: E402
-from vaekit.evaluate import log_likelihood  # noqa: E402
-from vaekit.sampling import sample_run  # noqa: E402
+from vaekit.evaluation.evaluate import log_likelihood  # noqa: E402
+from vaekit.outputs.sampling import sample_run  # noqa: E402
+from vaekit.store.checkpoint import has_checkpoint  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

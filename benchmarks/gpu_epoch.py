@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from vaekit import fit, load_data
-from vaekit.presets import get_preset
+from vaekit.config.presets import get_preset
 
 TARGET_S = 0.5   # one epoch over 60,000 images on an H100 (issue 13)
 

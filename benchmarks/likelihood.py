@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write  # noqa: E402
 from vaekit import Dataset, fit, load_data, load_model  # noqa: E402
-from vaekit.checkpoint import has_checkpoint  # noqa: E402
-from vaekit.evaluate import log_likelihood  # noqa: E402
-from vaekit.presets import get_preset  # noqa: E402
+from vaekit.config.presets import get_preset  # noqa: E402
+from vaekit.evaluation.evaluate import log_likelihood  # noqa: E402
+from vaekit.store.checkpoint import has_checkpoint  # noqa: E402
 
 PUBLISHED = {"vae": 86.76, "iwae-5": 85.54, "iwae-50": 84.78}  # IWAE paper, Table 1, one stochastic layer
 

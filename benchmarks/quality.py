@@ -31,10 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, write  # noqa: E402
 from vaekit import Dataset, build_model, fit, load_data, load_model  # noqa: E402
-from vaekit.checkpoint import has_checkpoint  # noqa: E402
-from vaekit.evaluate import log_likelihood  # noqa: E402
-from vaekit.metrics import read_metrics  # noqa: E402
-from vaekit.presets import get_preset  # noqa: E402
+from vaekit.config.presets import get_preset  # noqa: E402
+from vaekit.evaluation.evaluate import log_likelihood  # noqa: E402
+from vaekit.store.checkpoint import has_checkpoint  # noqa: E402
+from vaekit.store.metrics import read_metrics  # noqa: E402
 
 # IWAE paper, Table 1 (3,280 passes over the data)
 PUBLISHED = {"mnist-30min": "VAE 86.76, IWAE k=5 85.54, k=50 84.78 (one layer)",

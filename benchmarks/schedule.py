@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write  # noqa: E402
 from vaekit import DataConfig, Dataset, ModelConfig, RunConfig, TrainConfig, fit, load_data  # noqa: E402
-from vaekit.evaluate import log_likelihood  # noqa: E402
+from vaekit.evaluation.evaluate import log_likelihood  # noqa: E402
 
 SCHEDULES = {"joint": {}, "alternating 1:1": {"schedule": "alternating"},
              "alternating 10:10": {"schedule": "alternating", "e_steps": 10, "m_steps": 10}}

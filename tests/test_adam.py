@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from vaekit.adam import FusedAdam, adam_update, make_adam, step_factors
+from vaekit.accel.adam import FusedAdam, adam_update, make_adam, step_factors
 
 
 def _net(seed=0):

@@ -1,6 +1,8 @@
-"""The training step compiled ahead of time (vaekit.aot): built once by a compiling run, found again by later runs
-of the same model on the same machine, taking the steps the eager step takes; a package that does not load or
-does not match its model is deleted and never trained with."""
+"""The training step compiled ahead of time (vaekit.accel.aot): built once by a compiling run, loaded by later compiling
+runs of the same model on the same machine, taking the steps the eager step takes. What the cache holds never changes
+a run's numbers: a run that asks for the compiled step gets the same weights whether it builds the package or finds
+it, a run that does not ask for it never takes it, and a package that does not load or does not match its model is
+deleted and built again."""
 
 import os
 import shutil
@@ -10,7 +12,8 @@ import pytest
 import torch
 
 from conftest import synthetic_splits
-from vaekit import ModelConfig, RunConfig, TrainConfig, aot, fit
+from vaekit import ModelConfig, RunConfig, TrainConfig, fit
+from vaekit.accel import aot as aot
 from vaekit.runtime import cache_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,23 +34,42 @@ def _fit(config: RunConfig, run_dir, lines: list | None = None):
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    """The package a compiling run builds for _config() (into the test session's cache), and that run's log."""
+    """The package a compiling run builds for _config() (into the test session's cache), that run's log and its
+    weights."""
     before = set((cache_dir() / "steps").glob("*.pt2"))
     lines = []
-    _fit(_config(), tmp_path_factory.mktemp("build") / "run", lines)
+    result = _fit(_config(), tmp_path_factory.mktemp("build") / "run", lines)
     made = set((cache_dir() / "steps").glob("*.pt2")) - before
-    return (made.pop() if made else None), lines
+    return (made.pop() if made else None), lines, result.model.state_dict()
 
 
-def test_a_compiling_run_builds_the_step_and_a_later_short_run_finds_it(package, tmp_path):
-    path, built = package
+def _same_weights(a: dict, b: dict) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.values(), b.values(), strict=True))
+
+
+def test_a_later_compiling_run_loads_the_step_and_trains_the_same_weights(package, tmp_path):
+    """The same config with and without the package in the cache (the fixture's run built it): the same weights, bit
+    for bit. The cache only saved the build."""
+    path, built, weights = package
     assert path is not None or any("compiled ahead of time" in line for line in built)   # (or an earlier test built it)
     assert not [line for line in built if line.startswith("note:")]
     lines = []
-    result = _fit(_config(2, compile="auto"), tmp_path / "run", lines)   # auto: a short run never builds, but uses
+    result = _fit(_config(), tmp_path / "run", lines)
     assert not any(line.startswith("building") for line in lines)
     assert any(line.startswith("batches of 16: the training step compiled ahead of time") for line in lines)
-    assert [(r["ahead_of_time"], r["compiled"]) for r in result.history] == [(True, True), (True, True)]
+    assert [(r["ahead_of_time"], r["compiled"]) for r in result.history] == [(True, True)]
+    assert _same_weights(result.model.state_dict(), weights)
+
+
+def test_a_short_auto_run_is_eager_whatever_the_cache_holds(package, tmp_path):
+    """auto: a run of fewer than 10,000 steps is eager, though a package for it is in the cache: bit for bit the run
+    with --compile off (before, it took the package an earlier run had left)."""
+    lines = []
+    auto = _fit(_config(2, compile="auto"), tmp_path / "auto", lines)
+    eager = _fit(_config(2, compile="off"), tmp_path / "eager")
+    assert not any("compiled ahead of time" in line for line in lines)
+    assert not any(r["ahead_of_time"] or r["compiled"] for r in auto.history)
+    assert _same_weights(auto.model.state_dict(), eager.model.state_dict())
 
 
 def test_its_steps_are_the_eager_steps(package, tmp_path):
@@ -83,41 +105,43 @@ def _as_every_key(monkeypatch, tmp_path, contents: bytes) -> Path:
     return path
 
 
-def test_a_package_of_another_model_is_deleted_and_the_run_goes_on_eagerly(package, tmp_path, monkeypatch):
+def _rebuilt(tmp_path, model: dict, epochs: int, lines: list):
+    """A compiling run misled by a wrong package, and the same config run again (which loads what the first built)."""
+    misled = _fit(_config(epochs, model=model), tmp_path / "misled", lines)
+    again_lines = []
+    again = _fit(_config(epochs, model=model), tmp_path / "again", again_lines)
+    assert not any(line.startswith("building") for line in again_lines)
+    assert all(r["ahead_of_time"] for r in misled.history + again.history)
+    assert _same_weights(misled.model.state_dict(), again.model.state_dict())
+
+
+def test_a_package_of_another_model_is_deleted_and_built_again(package, tmp_path, monkeypatch):
     """A tanh network given the ReLU network's package (as a stale cache could): its first step disagrees with the
-    eager forward pass, so it is dropped, and the run is exactly the eager run."""
+    eager forward pass, so it is deleted and the step built for this model, and the run is the one a clean cache
+    gives."""
     if package[0] is None:
         pytest.skip("the package was built before this module ran")
-    path = _as_every_key(monkeypatch, tmp_path, package[0].read_bytes())
+    _as_every_key(monkeypatch, tmp_path, package[0].read_bytes())
     lines = []
-    tanh = {"activation": "tanh"}
-    misled = _fit(_config(2, model=tanh, compile="auto"), tmp_path / "misled", lines)
-    eager = _fit(_config(2, model=tanh, compile="off"), tmp_path / "eager")
-    assert not path.exists() and any("gave loss terms" in line and "deleted" in line for line in lines)
-    assert not any(r["ahead_of_time"] for r in misled.history)
-    for a, b in zip(misled.model.state_dict().values(), eager.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    _rebuilt(tmp_path, {"activation": "tanh"}, 2, lines)
+    assert any("gave loss terms" in line and "deleted, building it again" in line for line in lines)
 
 
-def test_a_package_for_other_shapes_is_deleted_and_the_run_goes_on_eagerly(package, tmp_path, monkeypatch):
+def test_a_package_for_other_shapes_is_deleted_and_built_again(package, tmp_path, monkeypatch):
     if package[0] is None:
         pytest.skip("the package was built before this module ran")
-    path = _as_every_key(monkeypatch, tmp_path, package[0].read_bytes())
+    _as_every_key(monkeypatch, tmp_path, package[0].read_bytes())
     lines = []
-    wider = {"hidden_dims": (12,)}
-    misled = _fit(_config(1, model=wider, compile="auto"), tmp_path / "misled", lines)
-    eager = _fit(_config(1, model=wider, compile="off"), tmp_path / "eager")
-    assert not path.exists() and any("does not run on this model's tensors" in line for line in lines)
-    for a, b in zip(misled.model.state_dict().values(), eager.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    _rebuilt(tmp_path, {"hidden_dims": (12,)}, 1, lines)
+    assert any("does not run on this model's tensors" in line and "building it again" in line for line in lines)
 
 
-def test_a_package_that_does_not_load_is_deleted(tmp_path, monkeypatch):
-    path = _as_every_key(monkeypatch, tmp_path, b"half a package")
+def test_a_package_that_does_not_load_is_deleted_and_built_again(tmp_path, monkeypatch):
+    _as_every_key(monkeypatch, tmp_path, b"half a package")
     lines = []
-    result = _fit(_config(1, compile="auto"), tmp_path / "run", lines)
-    assert not path.exists() and any("does not load" in line and "training without it" in line for line in lines)
-    assert not result.history[0]["ahead_of_time"]
+    result = _fit(_config(1), tmp_path / "run", lines)
+    assert any("does not load" in line and "building it again" in line for line in lines)
+    assert result.history[0]["ahead_of_time"]
 
 
 def test_the_key_follows_what_shapes_the_graph_and_nothing_else():
@@ -164,6 +188,17 @@ def test_auto_resumes_a_run_with_the_kind_of_step_it_had(package, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_auto_resumes_a_compiled_run_with_the_compiled_step(package, tmp_path):
+    """The converse: a run begun with --compile on goes on with the step built ahead of time when resumed under auto,
+    short as its remainder is: exactly the unbroken compiled run."""
+    whole = _fit(_config(2), tmp_path / "whole")
+    _fit(_config(1), tmp_path / "parts")
+    resumed = fit(_config(2, compile="auto"), tmp_path / "parts", resume=True, data=synthetic_splits(SHAPE, n=96),
+                  progress=False, log=lambda line: None)
+    assert all(r["ahead_of_time"] for r in resumed.history)
+    assert _same_weights(whole.model.state_dict(), resumed.model.state_dict())
+
+
 def test_the_cache_keeps_the_packages_used_last(tmp_path):
     for i in range(5):
         (tmp_path / f"{i}.pt2").write_bytes(b"x")
@@ -182,7 +217,7 @@ def test_a_step_that_cannot_be_built_is_not_traced_again(tmp_path):
 
     for run in range(2):
         lines = []
-        assert aot.AheadOfTime({}, build=True, log=lines.append).package(16, lambda: (path, cannot)) is None
+        assert aot.AheadOfTime({}, log=lines.append).package(16, lambda: (path, cannot)) is None
         assert len(tried) == 1 and not path.exists()
         assert any("cannot be compiled ahead of time (data-dependent shapes" in line for line in lines)
         assert ("found before" in lines[-1]) == (run == 1)
@@ -192,8 +227,8 @@ def test_a_diverging_run_on_it_skips_rolls_back_and_never_saves_non_finite_weigh
     """lr 1000 on the built step (the learning rate is not in its key): the finite check inside it leaves the state
     alone at each non-finite step, the guard rolls back (Adam's state replaced: the package must take the new
     tensors), and no checkpoint holds a non-finite number."""
-    from vaekit.checkpoint import load_model
-    from vaekit.guard import DivergedError, weights_finite
+    from vaekit.store.checkpoint import load_model
+    from vaekit.training.guard import DivergedError, weights_finite
     lines = []
     try:
         result = _fit(_config(4, lr=1000.0), tmp_path / "run", lines)

@@ -7,14 +7,14 @@ import sys
 import pytest
 from PIL import Image
 
-from vaekit.cli import main
+from vaekit.cli.main import main
 
 TINY = ["--data", "digits", "--val-size", "100", "--latent-dim", "2", "--hidden", "32", "--epochs", "2", "--no-progress"]
 
 
 # Runs the command in a fresh interpreter whose network calls fail at once: tests never download.
 OFFLINE = ("import urllib.request, sys; urllib.request.urlopen = lambda *a, **k: (_ for _ in ()).throw(OSError('offline')); "
-           "from vaekit.cli import main; sys.exit(main(sys.argv[1:]))")
+           "from vaekit.cli.main import main; sys.exit(main(sys.argv[1:]))")
 
 
 def vaekit(*args):
@@ -120,8 +120,8 @@ def test_eval_reports_the_importance_sampled_likelihood(tmp_path, capsys):
 
 
 def test_presets_fill_the_config_and_flags_override_them():
-    from vaekit.cli import build_parser, config_from_args
-    from vaekit.presets import get_preset
+    from vaekit.cli.main import build_parser, config_from_args
+    from vaekit.config.presets import get_preset
 
     args = build_parser().parse_args(["train", "--preset", "iwae-paper", "--loss", "iwae", "--k", "5", "--epochs", "7"])
     config = config_from_args(args, base=get_preset(args.preset))

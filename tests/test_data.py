@@ -9,9 +9,9 @@ import torch
 
 from conftest import needs_mnist
 from vaekit import DataConfig, DataError, batches, data_root, load_data, read_idx
+from vaekit.data.sources import MNIST
+from vaekit.data.sources.download import fetch
 from vaekit.errors import ConfigError
-from vaekit.sources import MNIST
-from vaekit.sources.download import fetch
 
 
 def current_umask() -> int:
@@ -35,7 +35,7 @@ def test_read_idx_round_trip(tmp_path, gz):
 
 
 def test_a_gz_is_decompressed_once_and_read_back_from_the_cache(tmp_path, monkeypatch):
-    from vaekit.sources import idx
+    from vaekit.data.sources import idx
     monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "cache"))
     path = write_idx(tmp_path / "x.gz", bytes(range(24)), (2, 3, 4))
     first = read_idx(path)

@@ -14,14 +14,14 @@ import torch
 from test_step import _model_and_batch
 from test_step import _variants as every_variant
 from vaekit import DataConfig, TrainConfig, load_data
-from vaekit.checkpoint import load_model
-from vaekit.cli import main
-from vaekit.data import batches, shard_batches
+from vaekit.cli.main import main
+from vaekit.data.dataset import batches, shard_batches
 from vaekit.distributed import World
-from vaekit.distributions import DiagonalGaussian, batch_shard
-from vaekit.metrics import read_metrics
-from vaekit.objectives import LossContext, get_loss
-from vaekit.step import LossTerms, forward_backward
+from vaekit.models.distributions import DiagonalGaussian, batch_shard
+from vaekit.models.objectives import LossContext, get_loss
+from vaekit.store.checkpoint import load_model
+from vaekit.store.metrics import read_metrics
+from vaekit.training.step import LossTerms, forward_backward
 
 TINY = ["--data", "digits", "--latent-dim", "2", "--hidden", "16", "--precision", "fp32", "--batch-size", "64",
         "--no-report", "--no-progress", "--threads", "1"]

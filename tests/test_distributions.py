@@ -8,7 +8,7 @@ from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from vaekit import Bernoulli, DiagonalGaussian, gaussian_kl
-from vaekit.distributions import sum_softplus
+from vaekit.models.distributions import sum_softplus
 
 
 def _gauss(b=4, d=3, seed=0):
@@ -179,7 +179,7 @@ def _logistic(loc, scale):
 
 
 def test_the_discretised_logistic_is_a_probability_mass_over_the_256_levels():
-    from vaekit.distributions import DiscretisedLogistic
+    from vaekit.models.distributions import DiscretisedLogistic
 
     loc = torch.tensor([0.0, 0.3, 0.5, 0.97, 1.2])
     log_scale = torch.tensor([-3.0, -1.0, -6.0, -4.0, -2.0])
@@ -190,7 +190,7 @@ def test_the_discretised_logistic_is_a_probability_mass_over_the_256_levels():
 
 
 def test_the_discretised_logistic_is_the_logistic_mass_of_each_bin():
-    from vaekit.distributions import DiscretisedLogistic
+    from vaekit.models.distributions import DiscretisedLogistic
 
     torch.manual_seed(0)
     loc, log_scale = torch.rand(200), torch.empty(200).uniform_(-4, -1)

@@ -26,8 +26,8 @@ from PIL import Image
 from vaekit import MODELS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, explore_server, fit, load_data
 from vaekit.explore.server import MAX_BODY
 from vaekit.explore.views import MAX_BATCH, MAX_STEPS
-from vaekit.images import to_uint8
-from vaekit.plots.decoded import slerp
+from vaekit.outputs.images import to_uint8
+from vaekit.outputs.plots.decoded import slerp
 
 DATA = DataConfig("digits", val_size=100)
 CHROMIUM = Path("/usr/bin/chromium")
@@ -163,7 +163,7 @@ def test_points_are_the_test_sets_posterior_means(clients, model):
 
 def test_a_large_test_set_shows_a_fixed_subset_on_the_plane(run_dirs):
     from vaekit.explore.views import RunView
-    from vaekit.plots import open_run
+    from vaekit.outputs.plots import open_run
 
     view = RunView(open_run(run_dirs["vae"]), max_points=50)
     p = view.points([0, 1])

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from vaekit import MODELS, DataConfig, ModelConfig, RunConfig, TrainConfig, export_onnx, fit
-from vaekit.cli import main
+from vaekit.cli.main import main
 from vaekit.errors import ConfigError
-from vaekit.nets import ARCHITECTURES
+from vaekit.models.nets import ARCHITECTURES
 
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install 'vaekit[export]'")
 pytest.importorskip("onnxscript", reason="the export extra is not installed: pip install 'vaekit[export]'")

@@ -19,8 +19,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vaekit import checkpoint
-from vaekit.cli import main
+from vaekit.cli.main import main
+from vaekit.store import checkpoint as checkpoint
 
 TINY = ["--data", "digits", "--latent-dim", "2", "--hidden", "16", "--epochs", "1", "--no-progress", "--no-report"]
 
@@ -45,7 +45,7 @@ if fault.startswith('enospc:'):
             raise OSError(errno.ENOSPC, 'No space left on device', str(filename))
         return real_save(tensors, filename, metadata)
     st.save_file = save_file
-    import vaekit.checkpoint as ck
+    import vaekit.store.checkpoint as ck
     ck.save_file = save_file
 if fault.startswith('enospc-tmp:'):
     import tempfile
@@ -55,7 +55,7 @@ if fault.startswith('enospc-tmp:'):
             raise OSError(errno.ENOSPC, 'No space left on device', k.get('prefix'))
         return real_mkstemp(*a, **k)
     tempfile.mkstemp = mkstemp
-from vaekit.cli import main
+from vaekit.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -319,7 +319,7 @@ def test_two_trainers_on_one_run_directory_exactly_one_trains(tmp_path):
 
 
 def test_resume_while_the_run_trains_is_refused(tmp_path, trained):
-    from vaekit.rundir import RunLock
+    from vaekit.store.rundir import RunLock
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run)
     with RunLock(run):
@@ -344,7 +344,7 @@ def _same_run(a, b):
 
 def test_a_kill_after_a_mid_epoch_checkpoint_resumes_bit_exactly(tmp_path, monkeypatch):
     from vaekit import DataConfig, ModelConfig, RunConfig, TrainConfig, load_data
-    from vaekit import train as train_module
+    from vaekit.training import fit as train_module
 
     data_cfg = DataConfig("digits", pixels="dynamic", val_size=100)
     data = load_data(data_cfg)
@@ -383,7 +383,7 @@ def test_sigterm_saves_the_position_says_how_to_resume_and_exits_143(tmp_path):
 
 
 def _flaky_loss(bad_steps):
-    from vaekit.objectives import elbo, reads
+    from vaekit.models.objectives import elbo, reads
     calls = []
 
     @reads("beta", "kl_warmup_epochs", "mc_samples", "kl")
@@ -400,7 +400,7 @@ def _flaky_loss(bad_steps):
 
 def test_a_few_non_finite_steps_are_skipped(tmp_path, monkeypatch):
     from vaekit import LOSSES, DataConfig, ModelConfig, RunConfig, TrainConfig
-    from vaekit.guard import weights_finite
+    from vaekit.training.guard import weights_finite
     monkeypatch.setitem(LOSSES, "flaky", _flaky_loss(lambda step: 5 <= step < 8))
     config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), DataConfig("digits"), TrainConfig(loss="flaky", epochs=1))
     result = _quiet(config, tmp_path / "run")
@@ -410,7 +410,7 @@ def test_a_few_non_finite_steps_are_skipped(tmp_path, monkeypatch):
 
 def test_persistent_non_finite_steps_roll_back_then_stop_with_a_finite_resumable_run(tmp_path, monkeypatch):
     from vaekit import LOSSES, DataConfig, ModelConfig, RunConfig, TrainConfig, load_model
-    from vaekit.guard import DivergedError, weights_finite
+    from vaekit.training.guard import DivergedError, weights_finite
     monkeypatch.setitem(LOSSES, "flaky", _flaky_loss(lambda step: step > 11))    # from epoch 2 on (11 steps an epoch)
     config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), DataConfig("digits"),
                        TrainConfig(loss="flaky", epochs=5, checkpoint_every=60.0))
@@ -437,7 +437,7 @@ def test_the_guard_judges_flags_read_in_batches_as_it_would_one_by_one():
     """Guard.record_all: the steps' flags as the host reads them, a list at a time. 25 bad steps in one list roll back
     once (the 15 after the 10th ran before the roll-back: counted as skipped, not judged again); a run of bad steps
     split across two lists counts as one run."""
-    from vaekit.guard import MAX_BAD_STEPS, Guard
+    from vaekit.training.guard import MAX_BAD_STEPS, Guard
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     guard = Guard(net, opt, log=lambda s: None)
@@ -454,8 +454,8 @@ def test_the_host_reads_the_guards_flags_every_read_every_steps_not_every_step(t
     """Sums stay on the device; the flags come to the host READ_EVERY at a time (and at the epoch's end). With NaN in
     steps 5-7 of a 3-at-a-time read the skipped steps and the sums are those of a step-by-step read."""
     from vaekit import LOSSES, DataConfig, ModelConfig, RunConfig, TrainConfig
-    from vaekit import train as train_module
-    from vaekit.guard import Guard
+    from vaekit.training import fit as train_module
+    from vaekit.training.guard import Guard
     reads = []
     real = Guard.record_all
     monkeypatch.setattr(Guard, "record_all", lambda self, flags: reads.append(len(flags)) or real(self, flags))

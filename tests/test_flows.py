@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vaekit import ConfigError, DiagonalGaussian, ModelConfig, build_model
-from vaekit.flows import FlowPosterior, IAFStep, InverseAutoregressiveFlow, made_masks
+from vaekit.models.flows import FlowPosterior, IAFStep, InverseAutoregressiveFlow, made_masks
 
 
 def _scrambled(module):

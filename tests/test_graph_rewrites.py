@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from vaekit.graph_rewrites import compile_for_evaluation, rewrite_for_cpu
+from vaekit.accel.graph_rewrites import compile_for_evaluation, rewrite_for_cpu
 
 aten = torch.ops.aten
 
@@ -124,7 +124,7 @@ def test_compiled_with_int8_products_is_near_the_bf16_graph():
 
 def _variants():
     from vaekit import MODELS
-    from vaekit.nets import ARCHITECTURES
+    from vaekit.models.nets import ARCHITECTURES
     return [(m, arch) for m, cls in MODELS.items() if cls.stochastic for arch in ARCHITECTURES]
 
 
@@ -140,9 +140,9 @@ def test_int8_products_in_every_models_estimate_graph(model_name, arch):
     from torch._dynamo.backends.common import aot_autograd
 
     from vaekit import ModelConfig, build_model
-    from vaekit.objectives import posterior
+    from vaekit.models.objectives import posterior
 
-    chunk_sums = importlib.import_module("vaekit.evaluate")._chunk_sums
+    chunk_sums = importlib.import_module("vaekit.evaluation.evaluate")._chunk_sums
     seen = []
 
     def compiler(int8):

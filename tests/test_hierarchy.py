@@ -8,8 +8,8 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from vaekit import Dataset, ModelConfig, TrainConfig, build_model
-from vaekit.evaluate import log_likelihood
-from vaekit.objectives import LOSSES, LossContext
+from vaekit.evaluation.evaluate import log_likelihood
+from vaekit.models.objectives import LOSSES, LossContext
 
 N_X, D, S = 5, 2, 0.4
 

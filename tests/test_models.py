@@ -6,8 +6,8 @@ import torch
 from conftest import synthetic_splits
 from vaekit import LIKELIHOODS, LOSSES, MODELS, ModelConfig, TrainConfig, build_model
 from vaekit.errors import ConfigError
-from vaekit.nets import ARCHITECTURES
-from vaekit.objectives import LossContext
+from vaekit.models.nets import ARCHITECTURES
+from vaekit.models.objectives import LossContext
 
 SHAPE = (1, 6, 6)
 VARIANTS = [(m, lik) for m in MODELS for lik in LIKELIHOODS]
@@ -113,7 +113,7 @@ def test_every_registered_loss_trains_a_vae(loss):
 
 
 def test_kl_warm_up_and_the_capacity_schedule():
-    from vaekit.objectives import kl_weight
+    from vaekit.models.objectives import kl_weight
 
     cfg = TrainConfig(beta=4.0, kl_warmup_epochs=2.0)
     assert [kl_weight(cfg, e) for e in (0.0, 1.0, 2.0, 7.0)] == [0.0, 2.0, 4.0, 4.0]
@@ -133,7 +133,7 @@ def test_kl_warm_up_and_the_capacity_schedule():
 def test_label_codes_are_one_hot_codes():
     import torch.nn.functional as F
 
-    from vaekit.models import label_code
+    from vaekit.models.family import label_code
     y = torch.tensor([0, 3, 9, 3])
     torch.testing.assert_close(label_code(y, 10, torch.Size([2, 4]), "cpu"),
                                F.one_hot(y, 10).float().expand(2, 4, 10), rtol=0, atol=0)

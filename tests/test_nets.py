@@ -8,8 +8,8 @@ import torch
 from conftest import synthetic_splits
 from vaekit import LOSSES, ModelConfig, RunConfig, TrainConfig, build_model
 from vaekit.errors import ConfigError
-from vaekit.nets import ARCHITECTURES, conv_sizes
-from vaekit.objectives import LossContext
+from vaekit.models.nets import ARCHITECTURES, conv_sizes
+from vaekit.models.objectives import LossContext
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (1, 8, 8), (3, 5, 7)]
 # residual blocks belong to conv; every other architecture runs without them
@@ -88,7 +88,7 @@ def test_mlp_weights_keep_their_names():
 
 
 def test_cli_trains_evaluates_and_samples_a_conv_vae(tmp_path, capsys):
-    from vaekit.cli import main
+    from vaekit.cli.main import main
 
     run = tmp_path / "r"
     assert main(["train", "--run-dir", str(run), "--data", "digits", "--val-size", "100", "--arch", "conv", "--residual",

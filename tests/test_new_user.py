@@ -13,9 +13,9 @@ import torch
 
 from conftest import needs_mnist, synthetic_splits
 from vaekit import CheckpointError, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data, load_model, plots, runtime
-from vaekit.cli import main
-from vaekit.evaluate import evaluate_run
-from vaekit.report import write_report
+from vaekit.cli.main import main
+from vaekit.evaluation.evaluate import evaluate_run
+from vaekit.outputs.report import write_report
 
 TINY = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), DataConfig("digits"), TrainConfig(epochs=2, batch_size=32))
 pytestmark = pytest.mark.usefixtures("one_thread")

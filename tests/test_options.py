@@ -10,10 +10,10 @@ import pytest
 
 from conftest import synthetic_splits
 from vaekit import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, resolve
-from vaekit.cli import build_parser, main
-from vaekit.config import SECTIONS, flag_of
-from vaekit.options import config_from_args
-from vaekit.plots import PlotOptions
+from vaekit.cli.main import build_parser, main
+from vaekit.cli.options import config_from_args
+from vaekit.config.schema import SECTIONS, flag_of
+from vaekit.outputs.plots import PlotOptions
 
 TINY = ["--data", "digits", "--val-size", "100", "--latent-dim", "2", "--hidden", "16", "--epochs", "1", "--no-progress",
         "--no-report"]

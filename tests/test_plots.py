@@ -19,8 +19,8 @@ from vaekit import (
     load_data,
     plots,
 )
-from vaekit.cli import main
-from vaekit.plots.decoded import slerp
+from vaekit.cli.main import main
+from vaekit.outputs.plots.decoded import slerp
 
 LATENT_DIMS = [1, 2, 10]
 DATA = DataConfig("digits", val_size=100)

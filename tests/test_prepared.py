@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from vaekit import DataConfig, load_data
-from vaekit.checkpoint import load_model
-from vaekit.cli import main
-from vaekit.sources.prepared import RowFile
+from vaekit.cli.main import main
+from vaekit.data.sources.prepared import RowFile
+from vaekit.store.checkpoint import load_model
 
 TINY = ["--latent-dim", "2", "--hidden", "16", "--precision", "fp32", "--batch-size", "32", "--epochs", "2",
         "--no-report", "--no-progress", "--threads", "1"]

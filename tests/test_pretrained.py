@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vaekit import DataConfig, ModelConfig, RunConfig, TrainConfig, evaluate, fit, from_pretrained, load_data, save_pretrained
-from vaekit.cli import main
+from vaekit.cli.main import main
 from vaekit.errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,8 +10,8 @@ from torch import nn
 
 from conftest import synthetic_splits
 from vaekit import PRIORS, ConfigError, DataConfig, DiagonalGaussian, ModelConfig, RunConfig, TrainConfig, build_model, fit, plots
-from vaekit.evaluate import log_likelihood
-from vaekit.objectives import LOSSES, LossContext, elbo, reads
+from vaekit.evaluation.evaluate import log_likelihood
+from vaekit.models.objectives import LOSSES, LossContext, elbo, reads
 
 SHAPE = (1, 6, 6)
 
@@ -109,7 +109,7 @@ def _torch_mixture(mu, logvar, log_w):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_mixture_density_is_torch_distributions_mixture_same_family(precision):
-    from vaekit.distributions import mixture_log_prob
+    from vaekit.models.distributions import mixture_log_prob
 
     g = torch.Generator().manual_seed(0)
     mu, logvar = torch.randn(7, 3, generator=g) * 2, torch.randn(7, 3, generator=g)
@@ -164,7 +164,7 @@ def test_learned_priors_are_refused_where_nothing_would_learn_them():
 
 
 def test_priors_and_posteriors_from_the_command_line(tmp_path, capsys):
-    from vaekit.cli import main
+    from vaekit.cli.main import main
 
     run = tmp_path / "vamp-iaf"
     assert main(["train", "--data", "digits", "--prior", "vamp", "--prior-components", "20", "--posterior", "iaf",

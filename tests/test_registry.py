@@ -1,17 +1,19 @@
 """`vaekit list`: every registered component, each with one line from its own docstring."""
 
 from vaekit import LIKELIHOODS, LOSSES, MODELS, POSTERIORS, PRIORS, SOURCES, list_components
-from vaekit.cli import main
-from vaekit.nets import ARCHITECTURES
+from vaekit.cli.main import main
+from vaekit.models.nets import ACTIVATIONS, ARCHITECTURES
 from vaekit.registry import describe
+from vaekit.training.schedules import LR_SCHEDULES
 
 
 def test_every_entry_of_every_registry_is_listed_with_a_one_line_description():
     rows = list_components()
     listed = {kind: [name for k, name, _ in rows if k == kind] for kind, _, _ in rows}
     assert listed == {"models": list(MODELS), "losses": list(LOSSES), "priors": list(PRIORS), "posteriors": list(POSTERIORS),
-                      "architectures": list(ARCHITECTURES),
-                      "likelihoods": list(LIKELIHOODS), "data sources": list(SOURCES)}
+                      "architectures": list(ARCHITECTURES), "activations": list(ACTIVATIONS),
+                      "likelihoods": list(LIKELIHOODS), "data sources": list(SOURCES),
+                      "learning-rate schedules": list(LR_SCHEDULES)}
     for _, name, about in rows:
         assert about and "\n" not in about, name
     about = {name: text for _, name, text in rows}

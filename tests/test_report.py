@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from vaekit import plots, write_report
-from vaekit.cli import main
-from vaekit.demo import run_demo
+from vaekit.cli.main import main
+from vaekit.outputs.demo import run_demo
 
 CHROMIUM = Path("/usr/bin/chromium")
 TINY = ["--data", "digits", "--val-size", "100", "--hidden", "32", "--epochs", "2", "--precision", "fp32", "--no-progress"]

@@ -12,9 +12,9 @@ from PIL import Image
 
 from test_data import write_idx
 from vaekit import DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data
-from vaekit.cli import main
+from vaekit.cli.main import main
+from vaekit.data.sources import FASHION_MNIST, MNIST, SOURCES, IDXFile
 from vaekit.errors import ConfigError, DataError
-from vaekit.sources import FASHION_MNIST, MNIST, SOURCES, IDXFile
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--epochs", "2", "--val-size", "5", "--no-progress", "--no-report"]
 

@@ -10,15 +10,15 @@ import torch
 
 from conftest import synthetic_splits
 from vaekit import MODELS, POSTERIORS, PRIORS, ModelConfig, RunConfig, TrainConfig, fit
-from vaekit import step as step_module
-from vaekit import train as train_module
-from vaekit.adam import FusedAdam
-from vaekit.checkpoint import load_model
-from vaekit.cli import main
+from vaekit.accel.adam import FusedAdam
+from vaekit.cli.main import main
 from vaekit.errors import ConfigError
-from vaekit.models import build_model
-from vaekit.objectives import LOSSES, LossContext, get_loss
-from vaekit.step import COMPILE_MIN_STEPS, Step, should_compile
+from vaekit.models.family import build_model
+from vaekit.models.objectives import LOSSES, LossContext, get_loss
+from vaekit.store.checkpoint import load_model
+from vaekit.training import fit as train_module
+from vaekit.training import step as step_module
+from vaekit.training.step import COMPILE_MIN_STEPS, Step, should_compile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,7 +220,7 @@ def test_compiling_right_after_the_background_import_waits_for_it(tmp_path):
     import subprocess
     import sys
 
-    code = ("import torch; from vaekit.runtime import warm_up_compiler; from vaekit.step import _compile; "
+    code = ("import torch; from vaekit.runtime import warm_up_compiler; from vaekit.training.step import _compile; "
             "warm_up_compiler(); f = _compile(lambda a, b, c, d, e: (a * 2).sum()); print(float(f(torch.ones(3), 0, 0, 0, 0)))")
     for _ in range(3):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -298,7 +298,7 @@ def test_a_diverging_one_graph_run_skips_rolls_back_and_never_saves_non_finite_w
     """The guard with Adam inside the graph: a learning rate of 1000 sends the weights to Inf; the graph leaves the
     state alone at each non-finite step, the guard rolls back (new optimiser state tensors, which the next call
     must take) with a lower learning rate, and no checkpoint holds a non-finite number."""
-    from vaekit.guard import DivergedError, weights_finite
+    from vaekit.training.guard import DivergedError, weights_finite
     monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
     config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(8,), input_shape=SHAPE),
                        train=TrainConfig(epochs=4, batch_size=16, lr=1000.0, precision="fp32", compile="on", seed=3))

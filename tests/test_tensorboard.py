@@ -3,8 +3,8 @@ sample and reconstruction grids and the posterior means' histogram; a resumed ru
 
 import pytest
 
-from vaekit.cli import main
-from vaekit.metrics import read_metrics
+from vaekit.cli.main import main
+from vaekit.store.metrics import read_metrics
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
                                         reason="the tensorboard extra is not installed: pip install 'vaekit[tensorboard]'")
@@ -41,7 +41,7 @@ def test_an_epoch_logged_before_a_crash_is_shown_once(tmp_path):
     """Epoch 2 logged, then the process died before... the resume trains epoch 2 again: purge_step drops the old one."""
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), "--epochs", "2", "--tensorboard", *TINY]) == 0
-    from vaekit.tensorboard import TensorBoard
+    from vaekit.integrations.tensorboard import TensorBoard
 
     extra = TensorBoard(run)                       # a stray epoch-3 event, as if written before a crash
     extra._open(3)

@@ -6,8 +6,8 @@ import torch
 
 from conftest import needs_mnist, synthetic_splits
 from vaekit import CheckpointError, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data, load_model
-from vaekit.checkpoint import save_checkpoint
-from vaekit.objectives import LossContext
+from vaekit.models.objectives import LossContext
+from vaekit.store.checkpoint import save_checkpoint
 
 TINY = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), DataConfig("digits"), TrainConfig(epochs=2, batch_size=16))
 
@@ -109,7 +109,7 @@ def test_low_dimensional_latents_train_and_sample(tmp_path, latent_dim):
 
 
 def test_the_iwae_learning_rate_schedule():
-    from vaekit.schedules import learning_rate
+    from vaekit.training.schedules import learning_rate
 
     cfg = TrainConfig(lr=1e-3, lr_schedule="iwae")
     # stage i lasts 3^i epochs: epoch 0 | 1-3 | 4-12 | 13-39 | ... ; 3,280 epochs in all
@@ -135,8 +135,8 @@ def test_iwae_trains(tmp_path):
 
 def test_alternating_schedule_updates_encoder_and_decoder_in_turns(tmp_path):
     from vaekit import build_model
-    from vaekit.objectives import LOSSES
-    from vaekit.schedules import hold_fixed
+    from vaekit.models.objectives import LOSSES
+    from vaekit.training.schedules import hold_fixed
 
     cfg = TrainConfig(schedule="alternating", e_steps=2, m_steps=1)
     model = build_model(ModelConfig(input_shape=(1, 6, 6), latent_dim=2, hidden_dims=(8,)))
@@ -168,8 +168,8 @@ def test_alternating_training_learns_and_resumes_exactly(tmp_path):
 def test_learning_rate_schedules_and_warm_up():
     import math
 
-    from vaekit.config import LR_SCHEDULES as NAMES
-    from vaekit.schedules import LR_SCHEDULES, learning_rate
+    from vaekit.config.schema import LR_SCHEDULES as NAMES
+    from vaekit.training.schedules import LR_SCHEDULES, learning_rate
 
     assert tuple(LR_SCHEDULES) == NAMES                       # the config's choices are the registry's keys
     cfg = TrainConfig(lr=0.01, lr_schedule="cosine", epochs=4)
@@ -181,8 +181,8 @@ def test_learning_rate_schedules_and_warm_up():
 
 
 def test_batch_growth_by_epoch_trains_resumes_exactly_and_refuses_impossible_schedules(tmp_path):
-    from vaekit.config import ConfigError
-    from vaekit.schedules import batch_size_at, steps_in
+    from vaekit.config.schema import ConfigError
+    from vaekit.training.schedules import batch_size_at, steps_in
 
     grown = TrainConfig(batch_size=16, batch_growth=[[2, 64], [3, 128]])   # lists, as JSON and argparse give them
     assert grown.batch_growth == ((2, 64), (3, 128))

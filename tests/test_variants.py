@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from vaekit import LIKELIHOODS, MODELS, POSTERIORS, PRIORS, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_data, plots
-from vaekit.checkpoint import load_model
-from vaekit.cli import main
+from vaekit.cli.main import main
 from vaekit.errors import ConfigError
-from vaekit.evaluate import evaluate_run
-from vaekit.nets import ARCHITECTURES
-from vaekit.sampling import sample_run
+from vaekit.evaluation.evaluate import evaluate_run
+from vaekit.models.nets import ARCHITECTURES
+from vaekit.outputs.sampling import sample_run
+from vaekit.store.checkpoint import load_model
 
 DATA = DataConfig("digits", val_size=100)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from vaekit import LOSSES, ModelConfig, TrainConfig, build_model
-from vaekit.objectives import LossContext
-from vaekit.vq import CodePrior, VectorQuantiser, codebook_usage, fit_code_prior
+from vaekit.models.objectives import LossContext
+from vaekit.models.vq import CodePrior, VectorQuantiser, codebook_usage, fit_code_prior
 
 
 def test_each_vector_gets_its_nearest_code_and_the_terms_follow_their_definitions():

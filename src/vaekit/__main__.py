@@ -1,5 +1,5 @@
 """`python -m vaekit ...`: the same as the `vaekit` command."""
 
-from .cli import run
+from .cli.main import run
 
 run()

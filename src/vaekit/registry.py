@@ -5,13 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 
-from .likelihoods import LIKELIHOODS
-from .models import MODELS
-from .nets import ARCHITECTURES
-from .objectives import LOSSES
-from .posteriors import POSTERIORS
-from .priors import PRIORS
-from .sources import SOURCES
+from .training.resolve import REGISTRIES
 
 
 def describe(entry) -> str:
@@ -26,11 +20,10 @@ def describe(entry) -> str:
 
 
 def registries() -> dict[str, dict]:
-    """Registry name -> the dict that the code looks its entries up in."""
-    return {"models": MODELS, "losses": LOSSES, "priors": PRIORS, "posteriors": POSTERIORS, "architectures": ARCHITECTURES,
-            "likelihoods": LIKELIHOODS, "data sources": SOURCES}
+    """Registry name -> the dict that the code looks its entries up in (vaekit.training.resolve.REGISTRIES)."""
+    return dict(REGISTRIES)
 
 
 def list_components() -> list[tuple[str, str, str]]:
-    """(registry, name, description) for every registered model, loss, prior, posterior, architecture, likelihood and data source."""
+    """(registry, name, description) for every entry of every registry."""
     return [(kind, name, describe(entry)) for kind, registry in registries().items() for name, entry in registry.items()]

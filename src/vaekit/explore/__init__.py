@@ -14,7 +14,7 @@ from __future__ import annotations
 import webbrowser
 from pathlib import Path
 
-from ..plots import open_run
+from ..outputs.plots import open_run
 from .server import ExploreServer
 from .views import RequestError, RunView
 

@@ -14,9 +14,9 @@ import threading
 import torch
 
 from ..errors import ConfigError
-from ..images import png_bytes, to_uint8
-from ..plots.decoded import slerp
-from ..plots.run import Run
+from ..outputs.images import png_bytes, to_uint8
+from ..outputs.plots.decoded import slerp
+from ..outputs.plots.run import Run
 
 
 class RequestError(Exception):

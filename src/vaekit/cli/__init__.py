@@ -1,0 +1,1 @@
+"""The `vaekit` command: thin, arguments -> config -> one library call (main)."""

@@ -1,0 +1,1 @@
+"""The data: one tensor per split (dataset) and the sources that read it (sources/)."""

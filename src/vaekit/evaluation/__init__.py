@@ -1,0 +1,1 @@
+"""Evaluation: the ELBO and the importance-sampled log-likelihood of a run (evaluate)."""

@@ -1,0 +1,1 @@
+"""Other tools, each behind an optional extra: ONNX export, hub folders, TensorBoard."""

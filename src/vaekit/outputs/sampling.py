@@ -1,0 +1,82 @@
+"""Generation: z ~ p(z) through the decoder, written as an image grid (PNG) or, for a table, as CSV rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import torch
+
+from ..data.dataset import load_run_data
+from ..errors import ConfigError
+from ..files import atomic_write_text
+from ..models.family import check_label
+from ..runtime import resolve_device
+from ..store.checkpoint import load_model
+from .images import image_grid, save_png
+
+MAX_VALUES = 50_000_000   # numbers one sample command writes (200 MB of float32): bounded before anything is allocated
+MAX_SCALE = 16
+
+
+def sample_run(run_dir: str | Path, n: int = 64, out: str | Path | None = None, temperature: float = 1.0,
+               seed: int = 0, nrow: int | None = None, scale: int = 2, device: str = "auto",
+               label: int | None = None, noise: bool | None = None, checkpoint: str = "last", log=print,
+               allow_changed_data: bool = False) -> Path:
+    """`vaekit sample RUN`: decode n draws of z ~ p(z) (temperature scales its spread). Images: a PNG grid
+    (default samples.png). A table: CSV rows in the units and columns of its file (default samples.csv;
+    the file is read again for its mean and std). noise: write x ~ p(x|z) rather than the mean of
+    p(x|z) (None: draws for tables, whose means alone are under-dispersed; means for images). A
+    conditional model draws class `label`, or with none every class in turn (one column per class)."""
+    if n < 1:
+        raise ConfigError(f"-n {n} is impossible: ask for at least one sample")
+    if not 0 < temperature < float("inf"):
+        raise ConfigError(f"--temperature {temperature} is impossible: it must be > 0")
+    if nrow is not None and nrow < 1:
+        raise ConfigError(f"--nrow {nrow} is impossible: give at least one image per row")
+    if not 1 <= scale <= MAX_SCALE:
+        raise ConfigError(f"--scale {scale} is impossible: use 1 to {MAX_SCALE} (pixel upscaling of the PNG)")
+    if out is not None and Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name such as {Path(out) / 'samples.png'}")
+    model, config, _ = load_model(run_dir, resolve_device(device), checkpoint)
+    table = len(config.model.input_shape) == 1  # (D,) rows rather than (C, H, W) images
+    if n * math.prod(config.model.input_shape) > MAX_VALUES:
+        raise ConfigError(f"-n {n} asks for {n * math.prod(config.model.input_shape):,} numbers; this command writes at "
+                          f"most {MAX_VALUES:,} at once ({MAX_VALUES // math.prod(config.model.input_shape):,} samples of this run)")
+    noise = table if noise is None else noise
+    out = Path(out or ("samples.csv" if table else "samples.png"))
+    if table and out.suffix.lower() != ".csv":
+        raise ConfigError(f"{run_dir} models table rows of {config.model.input_shape[0]} columns, not images; "
+                          f"write its samples as CSV: --out {out.with_suffix('.csv')}")
+    if not table and out.suffix.lower() == ".csv":
+        raise ConfigError(f"{run_dir} models images, written as a PNG grid: --out {out.with_suffix('.png')}")
+    check_label(model, label, run_dir)
+    if model.conditional:
+        nrow = nrow or (config.model.num_classes if label is None else None)   # one column per class
+        model = model.given(model.classes_in_turn(n) if label is None else label)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        p_x = model.decode(model.prior().sample(n, temperature))
+        x = (p_x.sample() if noise else p_x.mean).float().cpu()
+    written = write_table(x, out, config, allow_changed_data) if table else save_png(image_grid(x.clamp(0, 1), nrow), out, scale)
+    if log:
+        what = "x ~ p(x|z), noise included" if noise else "the mean of p(x|z) (--noise draws x ~ p(x|z))"
+        log(f"wrote {written}: {n} samples, z ~ {model.prior().name}, {what}")
+    return written
+
+
+def write_table(x: torch.Tensor, out: str | Path, run_config, allow_changed_data: bool = False) -> Path:
+    """Rows (n, D) in the standardised units a run trained on -> a CSV in the units and columns of its data."""
+    data = load_run_data(run_config.data, allow_changed=allow_changed_data)
+    x = data.unstandardise(x)
+    columns = data.columns or tuple(f"x{j}" for j in range(x.shape[1]))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([f"{v:.7g}" for v in row] for row in x.tolist())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, buf.getvalue())
+    return out

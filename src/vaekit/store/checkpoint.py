@@ -1,0 +1,208 @@
+"""Run directories: config.json + checkpoint/{model,trainer}.safetensors + best/model.safetensors + metrics.jsonl.
+
+No pickle anywhere: weights, optimiser moments and RNG states are safetensors tensors, the
+rest is JSON metadata. A checkpoint is written to a temporary folder, fsynced, and swapped in
+with renames, so a crash at any moment leaves the previous complete checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..config.schema import CHECKPOINTS, RunConfig
+from ..errors import CheckpointError, ConfigError, VaekitError
+from ..files import file_mode, fsync_dir, fsync_file
+from ..models.family import build_model
+from ..runtime import resolve_device
+
+FORMAT = "vaekit-checkpoint"
+VERSION = "1"
+CKPT, CKPT_OLD = "checkpoint", ".checkpoint.old"
+BEST = "best"   # the weights of the epoch with the lowest validation loss
+
+
+def non_finite(model: torch.nn.Module) -> list[str]:
+    """The names of the weights and buffers that hold NaN or Inf."""
+    return [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    return not non_finite(model)
+
+
+def _write_folder(run_dir: Path, name: str, files: dict[str, tuple[dict, dict]]) -> None:
+    """RUN/name/ holding safetensors files (file name -> (tensors, metadata)): written into .name.tmp, fsynced,
+    and swapped in by two renames; between them .name.old is the complete previous folder."""
+    run_dir = Path(run_dir)
+    tmp, final, old = run_dir / f".{name}.tmp", run_dir / name, run_dir / f".{name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for file_name, (tensors, meta) in files.items():
+        save_file(tensors, tmp / file_name, meta)
+        os.chmod(tmp / file_name, file_mode())   # safetensors creates files 0600; the usual mode is 0644
+        fsync_file(tmp / file_name)
+    fsync_dir(tmp)
+    if final.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (Path(run_dir) / CKPT).is_dir() or (Path(run_dir) / CKPT_OLD).is_dir()
+
+
+def _checkpoint_dir(run_dir: Path) -> Path:
+    """The newest complete checkpoint; after a crash mid-swap that is the old one."""
+    run_dir = Path(run_dir)
+    for name in (CKPT, CKPT_OLD):
+        if (run_dir / name).is_dir():
+            return run_dir / name
+    raise CheckpointError(f"{run_dir} holds no checkpoint (no {CKPT}/ folder); is it a vaekit run directory?")
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Save weights, optimiser and trainer `state` (JSON scalars + tensors under state['tensors'])."""
+    meta = _meta(state["epoch"])
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors = {**opt_tensors, **{f"state/{k}": v for k, v in state.get("tensors", {}).items()}}
+    scalars = {k: v for k, v in state.items() if k != "tensors"}
+    _write_folder(run_dir, CKPT, {
+        "model.safetensors": (_weights(model), meta),
+        "trainer.safetensors": (tensors, {**meta, "optimizer": json.dumps(opt_meta), "state": json.dumps(scalars)})})
+
+
+def save_best(run_dir: Path, model: torch.nn.Module, epoch: int) -> None:
+    """RUN/best/model.safetensors: the weights of `epoch`, swapped in as atomically as a checkpoint."""
+    _write_folder(run_dir, BEST, {"model.safetensors": (_weights(model), _meta(epoch))})
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _meta(epoch: int) -> dict[str, str]:
+    return {"format": FORMAT, "version": VERSION, "epoch": str(epoch)}
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the run directory is incomplete")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is not a vaekit checkpoint (no '{FORMAT}' marker); train with vaekit or pick another file")
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or unreadable ({e}); resume from another run or retrain") from None
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist; pass the folder `vaekit train --run-dir` wrote")
+    if not (run_dir / "config.json").is_file():
+        raise CheckpointError(f"{run_dir} has no config.json; is it a vaekit run directory?")
+    try:
+        return RunConfig.load(run_dir / "config.json")
+    except VaekitError as e:
+        raise CheckpointError(f"{run_dir / 'config.json'}: {e}") from None
+
+
+def load_model(run_dir: Path, device: str | torch.device = "cpu", checkpoint: str = "last"):
+    """(model in eval mode, RunConfig, epoch) from a run directory; device may be 'auto'; checkpoint
+    'last' (the last finished epoch) or 'best' (the lowest validation loss)."""
+    config = load_config(run_dir)
+    model = build_model(config.model)
+    epoch = load_weights(run_dir, model, checkpoint)
+    check_finite(model, f"{run_dir} ({checkpoint})")
+    return model.to(resolve_device(str(device))).eval(), config, epoch
+
+
+def _weights_dir(run_dir: Path, checkpoint: str) -> Path:
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"--checkpoint {checkpoint!r} is unknown; choose one of {', '.join(CHECKPOINTS)}")
+    if checkpoint == "last":
+        return _checkpoint_dir(run_dir)
+    for name in (BEST, f".{BEST}.old"):
+        if (Path(run_dir) / name).is_dir():
+            return Path(run_dir) / name
+    raise CheckpointError(f"{run_dir} has no best/ weights (it was trained without validation, --val-size 0); "
+                          "use --checkpoint last")
+
+
+def load_weights(run_dir: Path, model: torch.nn.Module, checkpoint: str = "last") -> int:
+    """Load the checkpoint's weights into `model` in place; return the epoch they are from."""
+    tensors, meta = _read(_weights_dir(run_dir, checkpoint) / "model.safetensors")
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"the weights in {run_dir} do not fit its config.json ({first}); was the config edited?") from None
+    return _epoch(meta, run_dir)
+
+
+def _epoch(meta: dict, run_dir: Path) -> int:
+    try:
+        epoch = int(meta["epoch"])
+    except (KeyError, ValueError):
+        epoch = -1
+    if epoch < 0:
+        raise CheckpointError(f"the checkpoint in {run_dir} has no valid epoch in its metadata; it was not written by "
+                              "vaekit or was altered: train a new run")
+    return epoch
+
+
+def check_finite(model: torch.nn.Module, where) -> None:
+    """Refuse weights holding NaN or Inf: a model that has diverged must not be evaluated, sampled or drawn."""
+    bad = non_finite(model)
+    if bad:
+        raise CheckpointError(f"the weights in {where} hold NaN or Inf ({bad[0]}{' ...' if len(bad) > 1 else ''}); "
+                              "the run diverged: resume it from a finite checkpoint with a lower --lr, or retrain")
+
+
+def load_trainer_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore the optimiser in place and return the trainer state saved beside it."""
+    tensors, meta = _read(_checkpoint_dir(run_dir) / "trainer.safetensors")
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["optimizer"])))
+        state = json.loads(meta["state"])
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+            raise ValueError("no epoch in the trainer state")
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"the trainer state in {run_dir} does not fit this run ({e}); start a new run") from None
+    state["tensors"] = {k.removeprefix("state/"): v for k, v in tensors.items() if k.startswith("state/")}
+    return state
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for pid, slots in sd["state"].items():
+        for name, v in slots.items():
+            if torch.is_tensor(v):
+                tensors[f"optim/{pid}/{name}"] = v.contiguous()
+            else:
+                scalars[f"{pid}/{name}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim/"):
+            _, pid, name = key.split("/", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for key, v in meta["scalars"].items():
+        pid, name = key.split("/", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
