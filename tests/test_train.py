@@ -168,10 +168,12 @@ def test_alternating_training_learns_and_resumes_exactly(tmp_path):
 def test_learning_rate_schedules_and_warm_up():
     import math
 
-    from vaekit.config.schema import LR_SCHEDULES as NAMES
-    from vaekit.training.schedules import LR_SCHEDULES, learning_rate
+    from vaekit import ConfigError, RunConfig
+    from vaekit.training.resolve import check_names
+    from vaekit.training.schedules import learning_rate
 
-    assert tuple(LR_SCHEDULES) == NAMES                       # the config's choices are the registry's keys
+    with pytest.raises(ConfigError, match="lr_schedule 'steps' is unknown .* choose one of constant, iwae, cosine"):
+        check_names(RunConfig(train=TrainConfig(lr_schedule="steps")))   # the choices are the registry's keys
     cfg = TrainConfig(lr=0.01, lr_schedule="cosine", epochs=4)
     for progress, factor in [(0, 1.0), (2, 0.5), (4, 0.0), (1, 0.5 * (1 + math.cos(math.pi / 4)))]:
         assert learning_rate(cfg, progress) == pytest.approx(0.01 * factor, abs=1e-12)
