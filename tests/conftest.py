@@ -20,6 +20,15 @@ def mnist_root() -> Path | None:
 needs_mnist = pytest.mark.skipif(mnist_root() is None, reason="MNIST not found under $VAEKIT_DATA")
 
 
+HEAVY = ("distributed", "browser", "compile", "subprocess")   # each of these is also slow (docs/contributing.md)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not item.get_closest_marker("slow") and any(item.get_closest_marker(m) for m in HEAVY):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """What vaekit caches (the precision choice, decompressed data) goes to a folder of this test session."""

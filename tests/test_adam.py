@@ -23,6 +23,7 @@ def _step(net, opt, x, skip_first_layer=False):
     opt.step()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [1e-8, 1e-4])
 def test_the_same_weights_as_torch_fused_adam(eps):
     ours_net, torch_net = _net(), _net()

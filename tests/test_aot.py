@@ -47,6 +47,8 @@ def _same_weights(a: dict, b: dict) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.values(), b.values(), strict=True))
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 def test_a_later_compiling_run_loads_the_step_and_trains_the_same_weights(package, tmp_path):
     """The same config with and without the package in the cache (the fixture's run built it): the same weights, bit
     for bit. The cache only saved the build."""
@@ -61,6 +63,7 @@ def test_a_later_compiling_run_loads_the_step_and_trains_the_same_weights(packag
     assert _same_weights(result.model.state_dict(), weights)
 
 
+@pytest.mark.compile
 def test_a_short_auto_run_is_eager_whatever_the_cache_holds(package, tmp_path):
     """auto: a run of fewer than 10,000 steps is eager, though a package for it is in the cache: bit for bit the run
     with --compile off (before, it took the package an earlier run had left)."""
@@ -72,6 +75,7 @@ def test_a_short_auto_run_is_eager_whatever_the_cache_holds(package, tmp_path):
     assert _same_weights(auto.model.state_dict(), eager.model.state_dict())
 
 
+@pytest.mark.compile
 def test_its_steps_are_the_eager_steps(package, tmp_path):
     """Against the eager step (autograd and torch's fused Adam kernel): the same loss terms and weights, up to the
     rounding of fused loops."""
@@ -85,6 +89,7 @@ def test_its_steps_are_the_eager_steps(package, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.compile
 def test_a_run_with_it_resumes_bit_exactly(package, tmp_path):
     whole = _fit(_config(2), tmp_path / "whole")
     _fit(_config(1), tmp_path / "parts")
@@ -115,6 +120,8 @@ def _rebuilt(tmp_path, model: dict, epochs: int, lines: list):
     assert _same_weights(misled.model.state_dict(), again.model.state_dict())
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 def test_a_package_of_another_model_is_deleted_and_built_again(package, tmp_path, monkeypatch):
     """A tanh network given the ReLU network's package (as a stale cache could): its first step disagrees with the
     eager forward pass, so it is deleted and the step built for this model, and the run is the one a clean cache
@@ -127,6 +134,8 @@ def test_a_package_of_another_model_is_deleted_and_built_again(package, tmp_path
     assert any("gave loss terms" in line and "deleted, building it again" in line for line in lines)
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 def test_a_package_for_other_shapes_is_deleted_and_built_again(package, tmp_path, monkeypatch):
     if package[0] is None:
         pytest.skip("the package was built before this module ran")
@@ -136,6 +145,8 @@ def test_a_package_for_other_shapes_is_deleted_and_built_again(package, tmp_path
     assert any("does not run on this model's tensors" in line and "building it again" in line for line in lines)
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 def test_a_package_that_does_not_load_is_deleted_and_built_again(tmp_path, monkeypatch):
     _as_every_key(monkeypatch, tmp_path, b"half a package")
     lines = []
@@ -176,6 +187,7 @@ def test_the_source_of_a_model_class_from_elsewhere_is_in_the_key(tmp_path, monk
     shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
 
 
+@pytest.mark.compile
 def test_auto_resumes_a_run_with_the_kind_of_step_it_had(package, tmp_path):
     """A run begun eagerly goes on eagerly under auto, though a step built ahead of time is there now: exactly the
     unbroken eager run."""
@@ -188,6 +200,8 @@ def test_auto_resumes_a_run_with_the_kind_of_step_it_had(package, tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 def test_auto_resumes_a_compiled_run_with_the_compiled_step(package, tmp_path):
     """The converse: a run begun with --compile on goes on with the step built ahead of time when resumed under auto,
     short as its remainder is: exactly the unbroken compiled run."""
@@ -223,6 +237,7 @@ def test_a_step_that_cannot_be_built_is_not_traced_again(tmp_path):
         assert ("found before" in lines[-1]) == (run == 1)
 
 
+@pytest.mark.compile
 def test_a_diverging_run_on_it_skips_rolls_back_and_never_saves_non_finite_weights(package, tmp_path):
     """lr 1000 on the built step (the learning rate is not in its key): the finite check inside it leaves the state
     alone at each non-finite step, the guard rolls back (Adam's state replaced: the package must take the new

@@ -21,6 +21,7 @@ def vaekit(*args):
     return subprocess.run([sys.executable, "-c", OFFLINE, *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_train_eval_sample_smoke(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), *TINY]) == 0
@@ -33,6 +34,7 @@ def test_train_eval_sample_smoke(tmp_path, capsys):
     assert img.size == (4 * 10 + 2, 3 * 10 + 2)  # 8x8 tiles, 2-pixel padding
 
 
+@pytest.mark.slow
 def test_resume_from_the_command_line(tmp_path, capsys):
     run = tmp_path / "run"
     main(["train", "--run-dir", str(run), *TINY])
@@ -44,6 +46,7 @@ def test_resume_from_the_command_line(tmp_path, capsys):
     assert "lr 0.001 -> 0.1" in err          # the message names what differs
 
 
+@pytest.mark.slow
 def test_zero_epochs_saves_the_untrained_model_as_a_baseline(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), *TINY, "--epochs", "0"]) == 0
@@ -59,12 +62,14 @@ def test_zero_epochs_saves_the_untrained_model_as_a_baseline(tmp_path, capsys):
     assert trained["epoch"] == 1 and trained["neg_elbo"] < untrained["neg_elbo"]
 
 
+@pytest.mark.slow
 def test_autoencoder_trains_with_its_own_loss(tmp_path):
     run = tmp_path / "ae"
     assert main(["train", "--run-dir", str(run), "--model", "ae", *TINY]) == 0
     assert json.loads((run / "config.json").read_text())["train"]["loss"] == "ae"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["eval", "{tmp}/nowhere"], "does not exist"),
     (["sample", "{tmp}/nowhere"], "does not exist"),
@@ -75,6 +80,7 @@ def test_autoencoder_trains_with_its_own_loss(tmp_path):
     (["train", "--run-dir", "{tmp}/r", "--data", "mnist", "--data-dir", "{tmp}/empty"], "mnist is not in"),
     (["train", "--run-dir", "{tmp}/r", "--model", "gan", "--data", "digits", "--val-size", "10"], "model 'gan' is unknown"),
 ])
+@pytest.mark.subprocess
 def test_bad_input_is_one_line_no_traceback(tmp_path, args, message):
     r = vaekit(*[a.format(tmp=tmp_path) for a in args])
     assert r.returncode == 2, r.stderr
@@ -82,6 +88,8 @@ def test_bad_input_is_one_line_no_traceback(tmp_path, args, message):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_corrupt_checkpoint_is_one_line_and_nothing_is_overwritten(tmp_path):
     run = tmp_path / "run"
     main(["train", "--run-dir", str(run), *TINY])
@@ -96,6 +104,8 @@ def test_a_corrupt_checkpoint_is_one_line_and_nothing_is_overwritten(tmp_path):
     assert weights.read_bytes() == b"\x00" * 64
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_demo_falls_back_to_the_bundled_digits_offline(tmp_path):
     r = vaekit("demo", "--run-dir", tmp_path / "demo", "--epochs", "2", "--data-dir", tmp_path / "empty", "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -106,6 +116,8 @@ def test_demo_falls_back_to_the_bundled_digits_offline(tmp_path):
     assert json.loads((tmp_path / "demo" / "test_metrics.json").read_text())["data"] == "digits"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_eval_reports_the_importance_sampled_likelihood(tmp_path, capsys):
     run = tmp_path / "run"
     main(["train", "--run-dir", str(run), *TINY, "--loss", "iwae", "--k", "3", "--pixels", "dynamic"])
@@ -119,6 +131,8 @@ def test_eval_reports_the_importance_sampled_likelihood(tmp_path, capsys):
     assert r.returncode == 2 and "k=0 is impossible" in r.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_presets_fill_the_config_and_flags_override_them():
     from vaekit.cli.main import build_parser, config_from_args
     from vaekit.config.presets import get_preset

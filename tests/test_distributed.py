@@ -70,6 +70,9 @@ def _weights(run):
     return epoch, model.state_dict()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.subprocess
 @pytest.mark.parametrize("model", ["vqvae"])   # the VAE: in the killed-run test below
 def test_two_processes_train_the_weights_of_one(tmp_path, model):
     extra = ["--model", model] + (["--codebook-ema", "--prior-epochs", "0"] if model == "vqvae" else [])
@@ -94,6 +97,10 @@ def test_two_processes_train_the_weights_of_one(tmp_path, model):
             assert a[k] == pytest.approx(b[k], rel=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.compile
+@pytest.mark.subprocess
 def test_two_compiled_processes_take_one_graph_steps_and_train_the_weights_of_one(tmp_path):
     """--compile on with several processes: forward, backward and Adam in one graph per process, the gradients summed
     over the processes inside it (Inductor for real, in both processes and in the one-process run it is held to)."""
@@ -109,6 +116,9 @@ def test_two_compiled_processes_take_one_graph_steps_and_train_the_weights_of_on
     assert [r["compiled"] for r in read_metrics(tmp_path / "two")] == [True, True]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.subprocess
 def test_a_killed_two_process_run_resumes_bit_exactly(tmp_path):
     """Also: the uninterrupted 2-process VAE trains the weights 1 process trains, up to the order of sums, with a
     batch that grows in its last epoch."""
@@ -141,6 +151,9 @@ def test_a_killed_two_process_run_resumes_bit_exactly(tmp_path):
     assert main(["train", "--resume", str(run), "--epochs", "4", "--no-progress", "--no-report"]) == 0
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.subprocess
 def test_a_failure_in_one_process_stops_them_all_with_one_line(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -154,6 +167,9 @@ def test_a_failure_in_one_process_stops_them_all_with_one_line(tmp_path):
     assert (foreign / "notes.txt").read_text() == "not a run" and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.subprocess
 def test_nproc_and_run_dir_errors(tmp_path, capsys):
     assert main(["train", "--nproc", "0", *TINY]) == 2
     assert "--nproc 0 is impossible" in capsys.readouterr().err
@@ -161,6 +177,9 @@ def test_nproc_and_run_dir_errors(tmp_path, capsys):
     assert r.returncode == 2 and "pass --run-dir" in r.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.subprocess
 def test_a_torchrun_restart_goes_on_from_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), "--epochs", "1", *TINY]) == 0

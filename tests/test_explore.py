@@ -119,6 +119,7 @@ def decoded(server, z: torch.Tensor, label=None) -> np.ndarray:
 CONTINUOUS = [m for m in MODELS if not MODELS[m].discrete]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(MODELS))
 def test_info_describes_each_model(clients, model):
     info = clients(model).info()
@@ -383,6 +384,8 @@ def explore_command(*args, **popen):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_ctrl_c_stops_the_command_cleanly(run_dirs):
     p = explore_command(run_dirs["vae"], "--port", "0")
     line = p.stdout.readline()
@@ -400,6 +403,8 @@ def test_ctrl_c_stops_the_command_cleanly(run_dirs):
     assert p.returncode == 0 and "explorer stopped" in out and "Traceback" not in err, (out, err)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_busy_port_is_one_line(run_dirs):
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
@@ -411,16 +416,20 @@ def test_a_busy_port_is_one_line(run_dirs):
     assert f"port {port} on 127.0.0.1 is in use" in err and "--port" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--port", "70000"], "--port 70000 is impossible"),
     (["--host", "10.255.255.254"], "is not an address of this machine"),
 ])
+@pytest.mark.subprocess
 def test_bad_flags_are_one_line(run_dirs, args, message):
     p = explore_command(run_dirs["vae"], *args)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 2 and message in err and err.strip().count("\n") == 0, err
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_missing_run_is_one_line(tmp_path):
     p = explore_command(tmp_path / "nothing")
     out, err = p.communicate(timeout=60)
@@ -448,6 +457,8 @@ def isolated(points: dict, extent: float, pixels_apart: float = 4.0) -> list[int
     return torch.nonzero((gaps > pixels_apart) & inside).flatten().tolist()
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_the_page_in_headless_chromium(clients, tmp_path):
     c = clients("cvae", "vae4")
     info = c.info()["runs"]
@@ -530,6 +541,8 @@ def test_the_page_in_headless_chromium(clients, tmp_path):
             chromium.close()
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_a_vq_vae_page_redraws_a_code_on_a_click(clients):
     c = clients("vqvae")
     with browser() as pw:

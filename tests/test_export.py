@@ -34,6 +34,7 @@ def digits():
     return load_data(DataConfig("digits", val_size=0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("model", list(MODELS))
 def test_every_model_exports_and_onnxruntime_matches_pytorch(tmp_path, digits, model, arch):
@@ -64,6 +65,7 @@ def test_every_model_exports_and_onnxruntime_matches_pytorch(tmp_path, digits, m
     np.testing.assert_allclose(image, expected.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("prior", "posterior", "model"), [("mog", "iaf", "vae"), ("vamp", "gaussian", "hvae")])
 def test_priors_and_posteriors_export_and_the_json_lets_another_program_sample(tmp_path, digits, prior, posterior, model):
     run = _run(tmp_path, digits, model, prior=prior, prior_components=3,
@@ -84,6 +86,7 @@ def test_priors_and_posteriors_export_and_the_json_lets_another_program_sample(t
         assert about["prior"]["kind"] == "other" and about["decoder"]["inputs"][0]["shape"] == ["batch", 2 + 50]
 
 
+@pytest.mark.slow
 def test_export_errors_are_one_line_and_write_nothing(tmp_path, digits, capsys):
     run = _run(tmp_path, digits, "vae")
     (tmp_path / "full").mkdir()

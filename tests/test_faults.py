@@ -239,6 +239,7 @@ def run_main(args, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,args,prepare,message", CASES, ids=[c[0] for c in CASES])
 def test_a_fault_is_one_line_and_loses_nothing(tmp_path, trained, monkeypatch, capsys, name, args, prepare, message):
     run, table, scratch = tmp_path / "run", tmp_path / "table", tmp_path / "t"
@@ -302,6 +303,8 @@ def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path):
     assert values == [round(round(1000 * i * 255 / 65535) / 255, 3) for i in range(4)]   # before: every pixel 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_trainers_on_one_run_directory_exactly_one_trains(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--run-dir", run, "--data", "digits", "--latent-dim", "2", "--hidden", "16", "--epochs", "3",
@@ -318,6 +321,7 @@ def test_two_trainers_on_one_run_directory_exactly_one_trains(tmp_path):
     assert main(["eval", str(run)]) == 0
 
 
+@pytest.mark.slow
 def test_resume_while_the_run_trains_is_refused(tmp_path, trained):
     from vaekit.store.rundir import RunLock
     run = tmp_path / "run"
@@ -342,6 +346,8 @@ def _same_run(a, b):
     assert strip(a.history) == strip(b.history)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_kill_after_a_mid_epoch_checkpoint_resumes_bit_exactly(tmp_path, monkeypatch):
     from vaekit import DataConfig, ModelConfig, RunConfig, TrainConfig, load_data
     from vaekit.training import fit as train_module
@@ -365,6 +371,8 @@ def test_a_kill_after_a_mid_epoch_checkpoint_resumes_bit_exactly(tmp_path, monke
     _same_run(straight, _quiet(config, tmp_path / "b", data=data, resume=True))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigterm_saves_the_position_says_how_to_resume_and_exits_143(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--run-dir", run, "--data", "digits", "--latent-dim", "2", "--hidden", "16", "--epochs", "400",

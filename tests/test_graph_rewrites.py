@@ -128,6 +128,8 @@ def _variants():
     return [(m, arch) for m, cls in MODELS.items() if cls.stochastic for arch in ARCHITECTURES]
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize(("model_name", "arch"), _variants())
 def test_int8_products_in_every_models_estimate_graph(model_name, arch):

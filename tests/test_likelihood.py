@@ -77,6 +77,8 @@ def test_the_result_does_not_depend_on_the_chunk_size():
     assert abs(diff.mean().item()) < 4 * diff.std().item() / math.sqrt(len(diff)) + 1e-3
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 def test_compiled_and_eager_paths_agree():
     model, ds, exact = ppca()
     compiled = log_likelihood(model, ds, k=20, compile=True)
@@ -133,6 +135,8 @@ def digits_vae(tmp_path_factory):
     return fit(cfg, tmp_path_factory.mktemp("run"), data=data, progress=False, log=lambda s: None).model, data.test
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_low_precision_moves_the_reported_likelihood_by_less_than_its_noise(digits_vae, precision):
@@ -172,6 +176,8 @@ def test_int8_without_the_compiled_graph_or_an_unknown_precision_is_a_clear_erro
         log_likelihood(model, ds, k=3, precision="fp16")
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 @pytest.mark.parametrize("compile", [False, True])
 def test_a_mixture_prior_enters_the_estimate_exactly(compile):
     """PPCA with its prior written as a mixture of two N(0, I) components: still the exact posterior, so the
@@ -188,6 +194,8 @@ def test_a_mixture_prior_enters_the_estimate_exactly(compile):
     torch.testing.assert_close(-r["per_example_nll"].float(), exact, atol=2e-4, rtol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 def test_the_compiled_estimate_with_a_flow_and_a_vampprior_is_the_eager_one():
     torch.manual_seed(0)
     model = build_model(ModelConfig(input_shape=(1, 4, 4), latent_dim=3, hidden_dims=(8,), prior="vamp", prior_components=5,

@@ -29,6 +29,8 @@ def with_train(config, **kw):
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **kw))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_without_a_terminal_there_is_no_progress_bar_flood(tmp_path):
     # stderr redirected to a file, as in CI or a notebook: one line per epoch on stdout and nothing on stderr
     r = subprocess.run([sys.executable, "-m", "vaekit", "train", "--data", "digits", "--epochs", "3", "--hidden", "16",

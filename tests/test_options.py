@@ -106,6 +106,8 @@ def test_errors_name_the_python_field_and_the_flag():
         quiet(RunConfig(ModelConfig(latent_dim=2, hidden_dims=(8,)), DataConfig("digits", val_size=9999)), "unused")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_usage_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vaekit", "train", "--latent-dim", "1e7"], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid int value" in r.stderr

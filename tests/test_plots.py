@@ -62,6 +62,7 @@ def runs(run_dirs):
     return {name: plots.open_run(d) for name, d in run_dirs.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("latent_dim", LATENT_DIMS)
 @pytest.mark.parametrize("kind", list(plots.KINDS))
 def test_each_kind_writes_a_png_of_the_expected_size_or_says_why_not(runs, tmp_path, kind, latent_dim):
@@ -172,6 +173,7 @@ def test_the_great_circle_joins_the_two_codes(runs):
     assert "undefined for a 1-D latent" in fig._suptitle.get_text()
 
 
+@pytest.mark.slow
 def test_compare_puts_runs_side_by_side_with_model_latent_dim_and_test_loss(runs, tmp_path):
     ae, vae = runs["ae2"], runs["vae2"]
     result = plots.compare_runs([ae, vae], ["scatter", "strip"], tmp_path / "cmp", log=None)
@@ -188,6 +190,7 @@ def test_compare_puts_runs_side_by_side_with_model_latent_dim_and_test_loss(runs
     assert "manifold" in result.skipped and not (tmp_path / "cmp" / "compare-manifold.png").exists()
 
 
+@pytest.mark.slow
 def test_a_figure_that_does_not_apply_is_skipped_with_its_reason(runs, run_dirs, tmp_path):
     log = []
     result = plots.plot_run(run_dirs["vae1"], out=tmp_path / "figs", log=log.append)
@@ -254,6 +257,7 @@ def test_an_option_that_does_not_fit_the_run_fails_before_any_figure_is_written(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_plot_and_compare_from_the_command_line(run_dirs, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main(["plot", str(run_dirs["vae1"]), "--kind", "manifold", "strip", "--out", str(out), "--dpi", "50"]) == 0

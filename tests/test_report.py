@@ -38,6 +38,7 @@ def embedded_pngs(page: str) -> dict[str, Image.Image]:
     return {kind: Image.open(io.BytesIO(base64.b64decode(data))) for data, kind in DATA_URI.findall(page)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("latent_dim", [1, 2])
 def test_train_writes_a_self_contained_report_with_every_figure_that_applies(trained, latent_dim):
     run = trained / f"vae{latent_dim}"
@@ -60,6 +61,7 @@ def test_train_writes_a_self_contained_report_with_every_figure_that_applies(tra
     assert '<table id="config">' in page and "<td>latent_dim</td><td>" + str(latent_dim) in page
 
 
+@pytest.mark.slow
 def test_report_command_and_no_report_flag(trained, tmp_path, capsys):
     out = tmp_path / "r.html"
     assert main(["report", str(trained / "vae2"), "--out", str(out), "--dpi", "50"]) == 0
@@ -69,6 +71,7 @@ def test_report_command_and_no_report_flag(trained, tmp_path, capsys):
     assert not (tmp_path / "quiet" / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_the_report_embeds_exactly_the_figures_it_can_also_save(trained, tmp_path):
     out = write_report(trained / "vae1", tmp_path / "r.html", figures_dir=tmp_path / "figs", log=None)
     embedded = {kind: base64.b64decode(data) for data, kind in DATA_URI.findall(out.read_text())}
@@ -76,6 +79,7 @@ def test_the_report_embeds_exactly_the_figures_it_can_also_save(trained, tmp_pat
     assert all((tmp_path / "figs" / f"{k}.png").read_bytes() == png for k, png in embedded.items())
 
 
+@pytest.mark.slow
 def test_the_demo_writes_the_figures_and_the_report(tmp_path):
     run_demo(tmp_path / "demo", epochs=1, source="digits", device="cpu", progress=False, log=lambda s: None)
     assert {p.name for p in (tmp_path / "demo" / "figures").iterdir()} == {f"{k}.png" for k in plots.KINDS}
@@ -101,6 +105,8 @@ def chromium(*args, user_data_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (.ci/run installs Debian's chromium)")
 def test_the_report_renders_in_headless_chromium(trained, tmp_path):
     report = trained / "vae2" / "report.html"

@@ -100,6 +100,9 @@ print(json.dumps(faults))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.compile
+@pytest.mark.subprocess
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     """A compiled chunk's pattern: several buffers of a few MiB allocated, filled and freed together, call after
     call. With glibc's adaptive thresholds the freed top of the heap went back to the system and every call

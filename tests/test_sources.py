@@ -241,6 +241,7 @@ def test_an_rgb_image_folder_trains_evaluates_and_samples_from_the_command_line(
     assert img.mode == "RGB" and img.size == (3 * 34 + 2, 2 * 34 + 2)  # 32x32 tiles, 2-pixel padding
 
 
+@pytest.mark.slow
 def test_a_csv_table_trains_evaluates_samples_and_plots_from_the_command_line(tmp_path, capsys):
     _, names = table(tmp_path / "t.csv")
     run = tmp_path / "run"

@@ -54,6 +54,8 @@ def _grads_after(model, run) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return sums, [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 @pytest.mark.parametrize(("name", "loss", "prior", "posterior"), _variants())
 def test_every_variant_gives_the_same_numbers_compiled(monkeypatch, name, loss, prior, posterior):
     monkeypatch.setattr(step_module, "BACKEND", "aot_eager")   # the graphs torch.compile captures, without codegen
@@ -82,6 +84,8 @@ def _one_graph_and_split(model, loss: str, tcfg: TrainConfig, log=pytest.fail):
     return (one, opt_one), (split, opt_split, twin)
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 @pytest.mark.parametrize(("name", "loss", "prior", "posterior"), _variants())
 def test_every_variant_takes_the_same_step_in_one_graph(monkeypatch, name, loss, prior, posterior):
     """Forward, backward and Adam's update as one graph (torch.func's gradients; aot_eager: the captured graphs,
@@ -116,6 +120,8 @@ def test_every_variant_takes_the_same_step_in_one_graph(monkeypatch, name, loss,
             assert not opt_one.state[p]["exp_avg"].any()
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 def test_a_non_finite_step_in_one_graph_moves_nothing(monkeypatch):
     """The guard's skipped step inside the graph: a NaN in the batch gives NaN loss terms and gradients; the flag is 0
     and no weight, moment or step count changes."""
@@ -214,6 +220,9 @@ def test_a_schedule_that_moves_every_step_is_one_graph(monkeypatch, loss, schedu
     assert len(graphs) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.compile
+@pytest.mark.subprocess
 def test_compiling_right_after_the_background_import_waits_for_it(tmp_path):
     """vaekit starts importing torch._dynamo in a thread while data loads; a compile in the main thread during that
     import once raised Python's import _DeadlockError. Fresh interpreters: the compile waits for the import."""
@@ -258,6 +267,8 @@ def _config(epochs: int) -> RunConfig:
                      train=TrainConfig(epochs=epochs, batch_size=16, precision="fp32", compile="on", seed=3))
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 def test_a_compiled_run_resumes_bit_exactly_and_records_it(tmp_path, monkeypatch):
     """Inductor for real, in the process (test_aot.py has the step compiled ahead of time): the noise comes from the
     eager generator, so resuming repeats the run exactly."""
@@ -294,6 +305,8 @@ def test_compile_may_change_on_resume(tmp_path):
     assert [r["compiled"] for r in result.history] == [False, False]   # auto: a short run stays eager
 
 
+@pytest.mark.slow
+@pytest.mark.compile
 def test_a_diverging_one_graph_run_skips_rolls_back_and_never_saves_non_finite_weights(tmp_path, monkeypatch):
     """The guard with Adam inside the graph: a learning rate of 1000 sends the weights to Inf; the graph leaves the
     state alone at each non-finite step, the guard rolls back (new optimiser state tensors, which the next call

@@ -20,6 +20,7 @@ def _read(run):
     return acc
 
 
+@pytest.mark.slow
 def test_the_event_files_hold_the_metrics_and_a_resume_adds_no_duplicate_steps(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), "--epochs", "2", "--tensorboard", *TINY]) == 0
@@ -37,6 +38,7 @@ def test_the_event_files_hold_the_metrics_and_a_resume_adds_no_duplicate_steps(t
     assert [e.step for e in acc.Histograms("posterior means")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_an_epoch_logged_before_a_crash_is_shown_once(tmp_path):
     """Epoch 2 logged, then the process died before... the resume trains epoch 2 again: purge_step drops the old one."""
     run = tmp_path / "run"

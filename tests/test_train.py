@@ -38,6 +38,7 @@ def test_run_directory_and_metrics(tmp_path):
         torch.testing.assert_close(model.state_dict()[k], v)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pixels,first", [("grey", 2), ("dynamic", 2), ("dynamic", 0)])
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, pixels, first):
     """first: the epochs of the first call; 0 saves the untrained model as epoch 0 (`vaekit train --epochs 0`)."""
@@ -99,6 +100,7 @@ def test_same_seed_same_numbers(tmp_path):
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("latent_dim", [1, 2])
 def test_low_dimensional_latents_train_and_sample(tmp_path, latent_dim):
     config = dataclasses.replace(TINY, model=ModelConfig(latent_dim=latent_dim, hidden_dims=(32,)),
@@ -153,6 +155,7 @@ def test_alternating_schedule_updates_encoder_and_decoder_in_turns(tmp_path):
         assert (moved(enc, model.encoder), moved(dec, model.decoder)) == ((True, False) if phase == "E" else (False, True))
 
 
+@pytest.mark.slow
 def test_alternating_training_learns_and_resumes_exactly(tmp_path):
     config = dataclasses.replace(TINY, data=DataConfig("digits", val_size=100),
                                  train=dataclasses.replace(TINY.train, epochs=4, schedule="alternating", e_steps=3, m_steps=2))
@@ -182,6 +185,7 @@ def test_learning_rate_schedules_and_warm_up():
     assert learning_rate(TrainConfig(lr=0.01), 2.7) == 0.01      # constant: the same at every step
 
 
+@pytest.mark.slow
 def test_batch_growth_by_epoch_trains_resumes_exactly_and_refuses_impossible_schedules(tmp_path):
     from vaekit.config.schema import ConfigError
     from vaekit.training.schedules import batch_size_at, steps_in

@@ -46,9 +46,17 @@ def eight_bit(tmp_path_factory):
     return cfg, load_data(cfg)
 
 
-@pytest.mark.parametrize("likelihood", list(LIKELIHOODS))
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("model_name", list(MODELS))
+def _every_model_arch_likelihood():
+    """Every model x architecture x likelihood; the fast tier (-m "not slow") keeps a diagonal in which each model,
+    each architecture and each likelihood appears at least once, and the rest are marked slow."""
+    models, archs, likelihoods = list(MODELS), list(ARCHITECTURES), list(LIKELIHOODS)
+    n = max(len(models), len(archs), len(likelihoods))
+    diagonal = {(models[i % len(models)], archs[i % len(archs)], likelihoods[i % len(likelihoods)]) for i in range(n)}
+    return [pytest.param(m, a, lk, id=f"{m}-{a}-{lk}", marks=() if (m, a, lk) in diagonal else pytest.mark.slow)
+            for m in models for a in archs for lk in likelihoods]
+
+
+@pytest.mark.parametrize("model_name,arch,likelihood", _every_model_arch_likelihood())
 def test_train_reload_evaluate_sample_and_plot(tmp_path, eight_bit, model_name, arch, likelihood):
     data_cfg, data = eight_bit
     result = train(tmp_path, model_name, arch, data, data_cfg, likelihood)
@@ -83,7 +91,17 @@ COMBINATIONS = [(m, prior, post) for m in MODELS for prior in PRIORS for post in
                 if (prior, post) != ("standard", "gaussian")]   # that one: every model in the test above
 
 
-@pytest.mark.parametrize(("model_name", "prior", "posterior"), COMBINATIONS)
+def _every_prior_posterior_model():
+    """COMBINATIONS; the fast tier keeps each prior x posterior pair with one stochastic model (in turn) and each
+    model with a point code once (refused), the rest are marked slow."""
+    pairs = list(dict.fromkeys((prior, post) for _, prior, post in COMBINATIONS))
+    stochastic = [m for m in MODELS if MODELS[m].stochastic]
+    fast = {(stochastic[i % len(stochastic)], *pair) for i, pair in enumerate(pairs)}
+    fast |= {(m, *pairs[-1]) for m in MODELS if not MODELS[m].stochastic}
+    return [pytest.param(*c, id="-".join(c), marks=() if c in fast else pytest.mark.slow) for c in COMBINATIONS]
+
+
+@pytest.mark.parametrize(("model_name", "prior", "posterior"), _every_prior_posterior_model())
 def test_every_prior_and_posterior_with_every_model(tmp_path, eight_bit, model_name, prior, posterior):
     """Each prior x posterior x model trains, reloads, estimates log p(x), samples and plots, or is refused in one
     line where it cannot apply (a point code has no KL to learn a prior from, nor a posterior to flow)."""

@@ -19,6 +19,7 @@ import torch
 
 from .errors import ConfigError
 from .files import atomic_write_text
+from .torch_private import int_mm
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -118,7 +119,9 @@ def _seconds_per_matmul(dtype: torch.dtype, n: int = 512, repeats: int = 3) -> f
     a, b = torch.randn(2 * n, n, generator=g), torch.randn(n, n, generator=g)
     if dtype == torch.int8:
         a, b = (a * 40).to(dtype), (b * 40).to(dtype)
-        product = functools.partial(torch._int_mm, a, b)
+        if int_mm() is None:
+            raise NotImplementedError("no int8 products in this torch")
+        product = functools.partial(int_mm(), a, b)
     else:
         a, b = a.to(dtype), b.to(dtype)
         product = functools.partial(torch.matmul, a, b)

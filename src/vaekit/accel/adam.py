@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import torch
 
+from ..torch_private import foreach_add_, foreach_sub_, fused_adam
+
 DEFAULTS = {"betas": (0.9, 0.999), "weight_decay": 0.0, "amsgrad": False, "maximize": False, "foreach": None,
             "capturable": False, "differentiable": False, "fused": True, "decoupled_weight_decay": False}
 
@@ -57,12 +59,12 @@ class FusedAdam:
                 lists[i].append(t)
         beta1, beta2 = group["betas"]
         for params, grads, exp_avgs, exp_avg_sqs, steps in groups.values():
-            torch._foreach_add_(steps, 1)
-            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+            foreach_add_(steps, 1)
+            fused_adam()(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
                                weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False, maximize=False,
                                found_inf=found_inf)
             if found_inf is not None:   # a skipped step does not count
-                torch._foreach_sub_(steps, [found_inf] * len(steps))
+                foreach_sub_(steps, [found_inf] * len(steps))
 
     def state_dict(self) -> dict:
         """torch.optim's format: state by parameter index, the group with its parameters as indices."""
@@ -121,6 +123,6 @@ def adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs:
 
 def make_adam(params: Iterable[torch.Tensor], lr: float, eps: float):
     """FusedAdam where this torch has the fused kernel, else torch.optim.Adam (which computes the same)."""
-    if hasattr(torch, "_fused_adam_"):
+    if fused_adam() is not None:
         return FusedAdam(params, lr, eps)
     return torch.optim.Adam(params, lr=lr, eps=eps)

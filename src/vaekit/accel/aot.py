@@ -41,6 +41,7 @@ import torch
 from ..errors import in_one_line
 from ..files import atomic_write_bytes, atomic_write_text
 from ..runtime import cache_dir, keep_freed_memory, machine_key, resolve_device
+from ..torch_private import aoti_compile_and_package, aoti_runner
 
 FORMAT = 1   # of the packages: change it when what goes into one changes
 # the first step's loss terms: relative difference from the eager forward pass at most this, by precision (bf16's
@@ -146,8 +147,10 @@ def build(path: Path, whole_step, module, names, fixed_names, ctx, betas, eps, a
             raise Unavailable("the step updates a buffer in place")
         with tempfile.TemporaryDirectory(prefix="vaekit-step-") as d:
             built = Path(d) / "step.pt2"
-            torch._inductor.aoti_compile_and_package(exported, package_path=str(built),
-                                                     inductor_configs={"fallback_random": True})
+            package = aoti_compile_and_package()
+            if package is None:
+                raise Unavailable("this torch has no AOTInductor packaging")
+            package(exported, package_path=str(built), inductor_configs={"fallback_random": True})
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, built.read_bytes())
 
@@ -173,11 +176,7 @@ def _remove(path: Path) -> None:
 def load(path: Path):
     """The package's runner: torch._C's loader (private, but it imports no compiler: 2 ms here), else the public
     torch._inductor.aoti_load_package's (imports Inductor)."""
-    loader = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
-    if loader is not None:
-        return loader(str(path), "model", False, 1, -1)
-    from torch._inductor import aoti_load_package  # noqa: PLC0415
-    return aoti_load_package(str(path)).loader
+    return aoti_runner(str(path))
 
 
 class Package:

@@ -29,10 +29,9 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch._guards import detect_fake_mode
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..runtime import compiler_ready
+from ..torch_private import custom_graph_pass, detect_fake_mode, new_fake_mode
 
 aten, prims = torch.ops.aten, torch.ops.prims
 INT8_MIN_INNER = 64   # int8 products only where the inner dimension is at least this: smaller ones cost little
@@ -57,7 +56,7 @@ def _op(graph, before, target, *args):
     except AssertionError:   # values of several fake modes (a graph traced by make_fx): a fresh one, same shapes
         mode = None
     if mode is None:
-        mode = FakeTensorMode()
+        mode = new_fake_mode()
         with mode:
             vals = [torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device)
                     if isinstance(v, torch.Tensor) else v for v in vals]
@@ -153,10 +152,8 @@ def compile_for_evaluation(fn, int8: bool = False):
     """torch.compile(fn) with the CPU rewrites as Inductor's post-grad pass (plain torch.compile
     where this torch has no custom-pass hook)."""
     compiler_ready()
-    try:
-        # a private module of recent torch: tried here, where its absence has a fallback
-        from torch._inductor.custom_graph_pass import CustomGraphPass  # noqa: PLC0415
-    except ImportError:
+    CustomGraphPass = custom_graph_pass()  # noqa: N806  (a class)
+    if CustomGraphPass is None:
         return torch.compile(fn)
 
     class CpuRewrites(CustomGraphPass):

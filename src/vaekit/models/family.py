@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import is_fake
 
 from ..config.schema import ModelConfig, TrainConfig, unknown
 from ..data.dataset import Dataset, batches
 from ..errors import ConfigError
+from ..torch_private import is_fake
 from .distributions import DiagonalGaussian, PointMass
 from .hierarchy import HierarchicalPosterior, build_hierarchy
 from .likelihoods import get_likelihood

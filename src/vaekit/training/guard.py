@@ -16,6 +16,7 @@ import torch
 
 from ..errors import VaekitError
 from ..store.checkpoint import weights_finite  # noqa: F401  (the guard's test of a state, kept beside the saving that refuses one)
+from ..torch_private import foreach_norm
 
 MAX_BAD_STEPS = 10
 MAX_ROLLBACKS = 3
@@ -31,7 +32,7 @@ def step_is_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tens
     grads = [p.grad for p in params if p.grad is not None]
     total = loss.detach().float().sum()
     if grads:
-        total = total + torch.stack(torch._foreach_norm(grads)).float().sum()   # one fused pass over the gradients
+        total = total + torch.stack(foreach_norm(grads)).float().sum()   # one fused pass over the gradients
     return torch.isfinite(total).float()
 
 

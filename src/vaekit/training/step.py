@@ -36,6 +36,7 @@ from ..distributed import ALONE, World
 from ..errors import ConfigError, in_one_line
 from ..models.distributions import batch_shard
 from ..runtime import autocast, compiler_ready
+from ..torch_private import functional_all_reduce
 
 COMPILE_MIN_STEPS = 10_000   # 'auto' compiles a run with at least this many steps left (a minute or more of eager steps)
 BACKEND = "inductor"         # torch.compile's backend (the tests use aot_eager: the same graphs, no code generation)
@@ -95,8 +96,12 @@ def whole_step(terms_of: nn.Module, names: list[str], weights: list[torch.Tensor
 
 def _all_reduced(t: torch.Tensor) -> torch.Tensor:
     """t summed over the processes, as an operation Dynamo traces into the graph (World.sum's all_reduce is in place)."""
-    from torch.distributed import _functional_collectives as collectives  # noqa: PLC0415  (several processes only)
-    return collectives.all_reduce(t, "sum", torch.distributed.group.WORLD)
+    if _ALL_REDUCE[0] is None:   # looked up by Step, outside the graph (Dynamo does not trace the look-up)
+        raise NotImplementedError("no traceable all_reduce in this torch")   # the one graph is refused: the split step
+    return _ALL_REDUCE[0](t, "sum", torch.distributed.group.WORLD)
+
+
+_ALL_REDUCE: list = [None]   # torch_private.functional_all_reduce(), once several processes train
 
 
 def loss_and_sums(terms_of: nn.Module, x: torch.Tensor, y: torch.Tensor | None, ctx, scale: float | None):
@@ -119,6 +124,7 @@ class Step:
         self.world, self.log, self.compiled = world, log, compiled
         self.terms_of = LossTerms(model, loss_fn, precision)
         if world.distributed:
+            _ALL_REDUCE[0] = _ALL_REDUCE[0] or functional_all_reduce()
             # no buffer broadcast before each forward: every process computes the same buffers (a VQ-VAE's EMA
             # statistics are summed over the processes by the quantiser itself)
             ddp = nn.parallel.DistributedDataParallel
