@@ -49,6 +49,8 @@ def timed(source: Path, command: str, run: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--old", type=Path, required=True, help="the other version's checkout (its src/ is put on PYTHONPATH)")
+    p.add_argument("--new", type=Path, default=HERE, help="the version to compare (default: this checkout; a worktree "
+                   "of a commit keeps the comparison steady while you edit this one)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--only", nargs="+", help="some of the commands (their names' first words)")
     args = p.parse_args()
@@ -59,13 +61,13 @@ def main() -> None:
     run = keep / "run"   # a trained run for eval (trained once by this checkout; both versions read it)
     subprocess.run([sys.executable, "-m", "vaekit", "train", "--preset", "mnist-fast", "--epochs", "1", "--run-dir", str(run),
                     "--no-report", "--compile", "off"], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONPATH": str(HERE / "src")})
-    for source in (args.old, HERE):   # the compiled steps of both versions, built before the rounds
+                   env={**os.environ, "PYTHONPATH": str(args.new / "src")})
+    for source in (args.old, args.new):   # the compiled steps of both versions, built before the rounds
         if any("compile on" in k for k in commands):
             timed(source, COMMANDS["train --preset mnist-fast --compile on (built)"], run)
     seconds = {name: {"old": [], "new": []} for name in commands}
     for r in range(args.rounds):
-        order = [("old", args.old), ("new", HERE)][:: 1 if r % 2 == 0 else -1]
+        order = [("old", args.old), ("new", args.new)][:: 1 if r % 2 == 0 else -1]
         for name, command in commands.items():
             for label, source in order:
                 seconds[name][label].append(timed(source, command, run))
@@ -75,7 +77,7 @@ def main() -> None:
              "new / old": statistics.median(s["new"]) / statistics.median(s["old"]),
              "old each": " ".join(f"{v:.2f}" for v in s["old"]), "new each": " ".join(f"{v:.2f}" for v in s["new"])}
             for name, s in seconds.items()]
-    payload = {"old": str(args.old), "rounds": args.rounds, "limits": limits, "threads": torch.get_num_threads(),
+    payload = {"old": str(args.old), "new": str(args.new), "rounds": args.rounds, "limits": limits, "threads": torch.get_num_threads(),
                "load_before": load_before, "load_after": os.getloadavg(), "machine": machine()}
     out = write("ab", payload, rows, ["command", "old s (median)", "new s (median)", "new / old", "old each", "new each"])
     print(out.read_text())

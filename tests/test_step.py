@@ -23,7 +23,6 @@ from vaekit.training.step import COMPILE_MIN_STEPS, Step, should_compile
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPE = (1, 6, 6)
-SPLIT_ONLY = {"vqvae"}   # its code prior is a GRU, which Dynamo does not trace (torch 2.13): no one-graph step
 
 
 def _variants():
@@ -95,7 +94,7 @@ def test_every_variant_takes_the_same_step_in_one_graph(monkeypatch, name, loss,
     model, x, y = _model_and_batch(name, prior, posterior)
     notes = []
     (one, opt_one), (split, opt_split, twin) = _one_graph_and_split(model, loss, tcfg, log=notes.append)
-    if name in SPLIT_ONLY:   # falls back to the split step, with a note
+    if MODELS[name].no_one_graph:   # the split step, with a note that says why
         assert one.update(x, y, LossContext(tcfg, 0.5, 40)) is None and not one.one_graph
         assert len(notes) == 1 and "one-graph step" in notes[0]
         return

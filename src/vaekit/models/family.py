@@ -38,6 +38,7 @@ class LatentModel(nn.Module):
     discrete = False     # True: z is codebook entries with a fitted prior over their indices (the VQ-VAE)
     reads = ("prior",)   # the ModelConfig / TrainConfig fields only some models read (vaekit.training.resolve refuses the rest)
     nll_hint = ""        # why --nll-k does not apply, for a model that is not stochastic
+    no_one_graph = ""    # why the compiled step cannot hold forward, backward and Adam in one graph ("": it can)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -298,6 +299,7 @@ class VQVAE(LatentModel):
     discrete = True
     reads = ("codebook_size", "code_dim", "codebook_ema", "prior_epochs")
     nll_hint = " (a vqvae's eval reports `codes.nll_bound`, which bounds it)"
+    no_one_graph = "its code prior is a GRU, which Dynamo does not trace (torch 2.13)"
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)

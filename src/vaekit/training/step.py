@@ -142,7 +142,11 @@ class Step:
         # graph updates in place), on the module itself (with several processes the graph sums the gradients, not
         # DDP); else (or where it fails to compile) the graph above, then Adam
         self.optimizer = optimizer
-        one_graph = isinstance(optimizer, FusedAdam)
+        why_not = getattr(model, "no_one_graph", "")   # a model that says its step cannot be one graph
+        one_graph = isinstance(optimizer, FusedAdam) and not why_not
+        if compiled and isinstance(optimizer, FusedAdam) and why_not:
+            log(f"note: the one-graph step (forward, backward and Adam) is not tried for this model ({why_not}); "
+                "compiling forward and backward alone")
         self._whole_fn = _Compiled(whole_step, fullgraph=True) if compiled and one_graph else None
         # (not with the tests' backend, which stands in for Inductor to spare them its code generation)
         self._ahead = ahead if one_graph and BACKEND == "inductor" else None
