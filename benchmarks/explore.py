@@ -4,7 +4,7 @@ succeed). The server is the real command in its own process, on loopback; this p
 
     VAEKIT_DATA=../shared/datasets python benchmarks/explore.py                 # trains the runs it needs (~2 min)
     python benchmarks/explore.py --runs runs/vae2 runs/vae50                    # or measures given runs
-    python benchmarks/explore.py --screenshot benchmarks/results/explore.png    # also the README's picture (Playwright)
+    python benchmarks/explore.py --screenshot docs/images/explore.png    # also the docs' picture (Playwright)
 
 Writes results/explore.{json,md}.
 """

@@ -7,7 +7,7 @@ same 784-200-200-50 tanh bodies (the IWAE paper's), batch 100, Adam 1e-3:
         (a 7 x 7 grid of codes): reconstruction error, codebook perplexity and dead codes, and the bound
         -log p(x) <= recon - log p(codes).
 
-Also writes docs/cvae-samples.png: conditional samples, one column per digit.
+Also writes docs/images/cvae-samples.png: conditional samples, one column per digit.
 
     VAEKIT_DATA=../shared/datasets python benchmarks/family.py --epochs 30
     VAEKIT_DATA=../shared/datasets python benchmarks/family.py --epochs 2 --eval-n 500 --eval-k 500   # quick look
@@ -33,7 +33,7 @@ from vaekit.evaluation.evaluate import log_likelihood  # noqa: E402
 from vaekit.outputs.sampling import sample_run  # noqa: E402
 from vaekit.store.checkpoint import has_checkpoint  # noqa: E402
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 # name -> (model config overrides, train config overrides)
 VARIANTS = {

@@ -14,7 +14,7 @@ the training curve, and the last weights with k = --eval-k on all 10,000 test im
     VAEKIT_DATA=../shared/datasets python benchmarks/quality.py --rows mnist-30min --minutes 2 --eval-n 500   # a look
 
 Runs go to benchmarks/results/runs-quality/<row>/ and are resumed if the script is started again; writes
-benchmarks/results/quality.{json,md} and quality-curves.png.
+benchmarks/results/quality.{json,md} and docs/images/quality-curves.png.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def plot_curves(curves: dict) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS / "quality-curves.png", dpi=100)
+    fig.savefig(Path(__file__).resolve().parents[1] / "docs" / "images" / "quality-curves.png", dpi=100)   # the docs' picture
 
 
 if __name__ == "__main__":

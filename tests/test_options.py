@@ -111,3 +111,15 @@ def test_errors_name_the_python_field_and_the_flag():
 def test_usage_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vaekit", "train", "--latent-dim", "1e7"], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid int value" in r.stderr
+
+
+def test_run_commands_take_an_options_object_or_its_fields_as_keywords():
+    from vaekit import EvalOptions, SampleOptions, evaluate_run, sample_run
+    from vaekit.config.schema import options_of
+
+    assert options_of(EvalOptions, None, {"nll_k": 50}) == EvalOptions(nll_k=50)
+    assert options_of(EvalOptions, EvalOptions(split="val"), {"seed": 3}) == EvalOptions(split="val", seed=3)
+    for call, cls in ((evaluate_run, "EvalOptions"), (sample_run, "SampleOptions")):
+        with pytest.raises(ConfigError, match=f"^nll: not an option of {cls}; its options are "):
+            call("no-such-run", nll=5)   # refused before anything is read
+    assert {f for f in SampleOptions.__dataclass_fields__} >= {"n", "out", "label", "checkpoint"}

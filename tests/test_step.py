@@ -10,7 +10,9 @@ import torch
 
 from conftest import synthetic_splits
 from vaekit import MODELS, POSTERIORS, PRIORS, ModelConfig, RunConfig, TrainConfig, fit
+from vaekit.accel import compiled as compiled_module
 from vaekit.accel.adam import FusedAdam
+from vaekit.accel.compiled import COMPILE_MIN_STEPS, should_compile
 from vaekit.cli.main import main
 from vaekit.errors import ConfigError
 from vaekit.models.family import build_model
@@ -18,7 +20,7 @@ from vaekit.models.objectives import LOSSES, LossContext, get_loss
 from vaekit.store.checkpoint import load_model
 from vaekit.training import fit as train_module
 from vaekit.training import step as step_module
-from vaekit.training.step import COMPILE_MIN_STEPS, Step, should_compile
+from vaekit.training.step import Step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,7 +59,7 @@ def _grads_after(model, run) -> tuple[torch.Tensor, list[torch.Tensor]]:
 @pytest.mark.compile
 @pytest.mark.parametrize(("name", "loss", "prior", "posterior"), _variants())
 def test_every_variant_gives_the_same_numbers_compiled(monkeypatch, name, loss, prior, posterior):
-    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")   # the graphs torch.compile captures, without codegen
+    monkeypatch.setattr(compiled_module, "BACKEND", "aot_eager")   # the graphs torch.compile captures, without codegen
     tcfg = TrainConfig(loss=loss, mc_samples=2 if loss == "iwae" else 1, precision="fp32")
     ctx = LossContext(tcfg, 0.5, 40)
     model, x, y = _model_and_batch(name, prior, posterior)
@@ -89,7 +91,7 @@ def _one_graph_and_split(model, loss: str, tcfg: TrainConfig, log=pytest.fail):
 def test_every_variant_takes_the_same_step_in_one_graph(monkeypatch, name, loss, prior, posterior):
     """Forward, backward and Adam's update as one graph (torch.func's gradients; aot_eager: the captured graphs,
     no code generation) against the split eager step and FusedAdam: the same loss terms, weights and moments."""
-    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
+    monkeypatch.setattr(compiled_module, "BACKEND", "aot_eager")
     tcfg = TrainConfig(loss=loss, mc_samples=2 if loss == "iwae" else 1, precision="fp32")
     model, x, y = _model_and_batch(name, prior, posterior)
     notes = []
@@ -124,7 +126,7 @@ def test_every_variant_takes_the_same_step_in_one_graph(monkeypatch, name, loss,
 def test_a_non_finite_step_in_one_graph_moves_nothing(monkeypatch):
     """The guard's skipped step inside the graph: a NaN in the batch gives NaN loss terms and gradients; the flag is 0
     and no weight, moment or step count changes."""
-    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
+    monkeypatch.setattr(compiled_module, "BACKEND", "aot_eager")
     tcfg = TrainConfig(precision="fp32")
     model, x, _ = _model_and_batch("vae")
     (one, opt), _ = _one_graph_and_split(model, "elbo", tcfg)
@@ -142,7 +144,7 @@ def test_a_non_finite_step_in_one_graph_moves_nothing(monkeypatch):
 
 
 def test_a_one_graph_step_that_fails_to_compile_falls_back_to_the_split_step(monkeypatch):
-    real = step_module._compile
+    real = compiled_module._compile
 
     def one_graph_broken(fn, fullgraph=False):
         if fn is step_module.whole_step:
@@ -150,8 +152,8 @@ def test_a_one_graph_step_that_fails_to_compile_falls_back_to_the_split_step(mon
                 raise RuntimeError("torch.func cannot trace this\nmore detail")
             return run
         return real(fn, fullgraph)
-    monkeypatch.setattr(step_module, "_compile", one_graph_broken)
-    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
+    monkeypatch.setattr(compiled_module, "_compile", one_graph_broken)
+    monkeypatch.setattr(compiled_module, "BACKEND", "aot_eager")
     model, x, _ = _model_and_batch("vae")
     notes = []
     (one, _), _ = _one_graph_and_split(model, "elbo", TrainConfig(precision="fp32"), log=notes.append)
@@ -183,7 +185,7 @@ def test_a_failed_compile_falls_back_to_the_eager_step(monkeypatch):
         def run(*args):
             raise RuntimeError("no C++ compiler\nmore detail")
         return run
-    monkeypatch.setattr(step_module, "_compile", broken)
+    monkeypatch.setattr(compiled_module, "_compile", broken)
     model, x, _ = _model_and_batch("vae")
     ctx = LossContext(TrainConfig(precision="fp32"), 1.0, 40)
     notes = []
@@ -205,7 +207,7 @@ def test_a_schedule_that_moves_every_step_is_one_graph(monkeypatch, loss, schedu
     def counting_backend(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
-    monkeypatch.setattr(step_module, "BACKEND", counting_backend)
+    monkeypatch.setattr(compiled_module, "BACKEND", counting_backend)
     torch.compiler.reset()   # graphs other tests compiled for the same function would serve these steps
     model, x, _ = _model_and_batch("vae")
     tcfg = TrainConfig(loss=loss, precision="fp32", **schedule)
@@ -228,7 +230,7 @@ def test_compiling_right_after_the_background_import_waits_for_it(tmp_path):
     import subprocess
     import sys
 
-    code = ("import torch; from vaekit.runtime import warm_up_compiler; from vaekit.training.step import _compile; "
+    code = ("import torch; from vaekit.runtime import warm_up_compiler; from vaekit.accel.compiled import _compile; "
             "warm_up_compiler(); f = _compile(lambda a, b, c, d, e: (a * 2).sum()); print(float(f(torch.ones(3), 0, 0, 0, 0)))")
     for _ in range(3):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -243,7 +245,7 @@ def test_a_batch_of_another_size_runs_eagerly(monkeypatch):
             calls.append(len(args[1]))
             return fn(*args)
         return run
-    monkeypatch.setattr(step_module, "_compile", counting)
+    monkeypatch.setattr(compiled_module, "_compile", counting)
     model, x, _ = _model_and_batch("vae")
     step = Step(model, get_loss("elbo"), "fp32", batch_sizes=(8,), compiled=True)
     ctx = LossContext(TrainConfig(precision="fp32"), 1.0, 40)
@@ -311,7 +313,7 @@ def test_a_diverging_one_graph_run_skips_rolls_back_and_never_saves_non_finite_w
     state alone at each non-finite step, the guard rolls back (new optimiser state tensors, which the next call
     must take) with a lower learning rate, and no checkpoint holds a non-finite number."""
     from vaekit.training.guard import DivergedError, weights_finite
-    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
+    monkeypatch.setattr(compiled_module, "BACKEND", "aot_eager")
     config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(8,), input_shape=SHAPE),
                        train=TrainConfig(epochs=4, batch_size=16, lr=1000.0, precision="fp32", compile="on", seed=3))
     lines = []

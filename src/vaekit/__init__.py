@@ -11,7 +11,7 @@ from .data.dataset import Dataset, DataSplits, batches, data_root, load_data
 from .data.sources import SOURCES, default_likelihood, read_idx
 from .data.sources.prepared import prepare
 from .errors import CheckpointError, ConfigError, DataError, VaekitError
-from .evaluation.evaluate import evaluate, evaluate_run, log_likelihood
+from .evaluation.evaluate import EvalOptions, evaluate, evaluate_run, log_likelihood
 from .explore import explore, explore_server
 from .integrations.export import export_onnx
 from .integrations.pretrained import from_pretrained, push_to_hub, save_pretrained
@@ -27,7 +27,7 @@ from .outputs.demo import run_demo
 from .outputs.images import image_grid, save_png
 from .outputs.plots import PlotOptions, compare_runs, plot_run
 from .outputs.report import write_report
-from .outputs.sampling import sample_run
+from .outputs.sampling import SampleOptions, sample_run
 from .registry import list_components
 from .store.checkpoint import load_model, save_checkpoint
 from .training.fit import FitResult, fit
@@ -39,7 +39,8 @@ __all__ = [
     # configuration
     "RunConfig", "ModelConfig", "DataConfig", "TrainConfig", "resolve",
     # training, evaluation, generation
-    "fit", "FitResult", "evaluate", "evaluate_run", "log_likelihood", "sample_run", "run_demo",
+    "fit", "FitResult", "evaluate", "evaluate_run", "EvalOptions", "log_likelihood", "sample_run", "SampleOptions",
+    "run_demo",
     # models and their parts
     "build_model", "VAE", "AutoEncoder", "DiagonalGaussian", "Bernoulli", "PointMass", "gaussian_kl",
     "elbo", "ae_loss", "LossContext",

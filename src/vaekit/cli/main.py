@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import errno
 import json
 import math
@@ -26,12 +27,12 @@ from ..data.sources import SOURCES, Arrays
 from ..data.sources.prepared import prepare
 from ..distributed import AnotherProcessFailed, from_environment, stop
 from ..errors import VaekitError
-from ..evaluation.evaluate import evaluate_run
+from ..evaluation.evaluate import EvalOptions, evaluate_run
 from ..outputs.demo import run_demo
 from ..outputs.plots import PlotOptions, compare_runs, plot_run
 from ..outputs.plots.render import ALIASES, KINDS
 from ..outputs.report import write_report
-from ..outputs.sampling import sample_run
+from ..outputs.sampling import SampleOptions, sample_run
 from ..registry import list_components, registries
 from ..runtime import cpu_int8_is_faster
 from ..store.checkpoint import has_checkpoint, load_config
@@ -270,9 +271,7 @@ def _hooks(args, run_dir: Path, world) -> list:
 
 
 def _eval(args) -> int:
-    r = evaluate_run(args.run, args.split, args.mc_samples, args.device, args.data_dir, args.seed,
-                     args.nll_k, args.chunk_size, args.precision, args.checkpoint, args.allow_changed_data,
-                     args.nll_precision)
+    r = evaluate_run(args.run, EvalOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalOptions)}))
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -297,8 +296,7 @@ def _eval(args) -> int:
 
 
 def _sample(args) -> int:
-    sample_run(args.run, args.n, args.out, args.temperature, args.seed, args.nrow, args.scale, args.device, args.label,
-               noise=args.noise, checkpoint=args.checkpoint, allow_changed_data=args.allow_changed_data)
+    sample_run(args.run, SampleOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SampleOptions)}))
     return 0
 
 

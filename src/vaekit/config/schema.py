@@ -53,6 +53,17 @@ def option(default, help: str, *, flag: str | None = None, aliases: tuple[str, .
     return field(default=default, metadata=meta)
 
 
+def options_of(cls: type, options, fields: dict):
+    """options (an instance of the dataclass cls, or None: its defaults) with `fields` replaced: how a library call
+    takes an options object or its fields as keywords. An unknown field is a one-line error."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown_names = sorted(set(fields) - names)
+    if unknown_names:
+        raise ConfigError(f"{', '.join(unknown_names)}: not an option of {cls.__name__}; its options are "
+                          f"{', '.join(sorted(names))}")
+    return dataclasses.replace(options or cls(), **fields)
+
+
 def flag_of(section: type, name: str) -> str:
     """The command-line flag of a config field: '--latent-dim' for ModelConfig.latent_dim."""
     meta = {f.name: f.metadata for f in dataclasses.fields(section)}[name]

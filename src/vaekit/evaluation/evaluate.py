@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..accel.graph_rewrites import compile_for_evaluation
-from ..config.schema import NLL_PRECISIONS, TrainConfig
+from ..config.schema import NLL_PRECISIONS, TrainConfig, options_of
 from ..data.dataset import Dataset, batches, load_run_data, shard_batches
 from ..distributed import ALONE, World
 from ..errors import ConfigError
@@ -189,22 +189,39 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     return int((mu.var(dim=0) > threshold).sum()) if len(mu) > 1 else 0
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", mc_samples: int | None = None, device: str = "auto",
-                 data_dir: str | None = None, seed: int = 0, nll_k: int | None = None, chunk_size: int | None = None,
-                 precision: str | None = None, checkpoint: str = "last", allow_changed_data: bool = False,
-                 nll_precision: str | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """What evaluate_run (`vaekit eval RUN`) takes besides the run; each field is the flag of the same name."""
+
+    split: str = "test"                # the split to score: test or val
+    mc_samples: int | None = None      # samples of z per example (None: as trained)
+    device: str = "auto"
+    data_dir: str | None = None        # the dataset cache, if not where the run found it
+    seed: int = 0                      # of the samples of z
+    nll_k: int | None = None           # importance samples of the log p(x) estimate (None: no estimate)
+    chunk_size: int | None = None      # samples per image held in memory at once (log_likelihood)
+    precision: str | None = None       # of the loss terms (None: as trained)
+    nll_precision: str | None = None   # of the estimate (None: precision, else auto)
+    checkpoint: str = "last"           # the weights: last or best
+    allow_changed_data: bool = False   # score the run's data even if its files changed since training
+
+
+def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **fields) -> dict:
     """`vaekit eval RUN`: the training loss terms on the test (or validation) split and, with
-    nll_k, the importance-sampled negative log-likelihood with that many samples. `precision`
-    defaults to the training precision for the loss terms; the NLL's is nll_precision, else precision, else auto
-    (log_likelihood)."""
-    dev = resolve_device(device)
+    nll_k, the importance-sampled negative log-likelihood with that many samples. options: an EvalOptions, or its
+    fields as keywords (evaluate_run(run, nll_k=5000)). `precision` defaults to the training precision for the loss
+    terms; the NLL's is nll_precision, else precision, else auto (log_likelihood)."""
+    o = options_of(EvalOptions, options, fields)
+    split, mc_samples, seed, nll_k, checkpoint = o.split, o.mc_samples, o.seed, o.nll_k, o.checkpoint
+    precision = o.precision
+    dev = resolve_device(o.device)
     model, config, epoch = load_model(run_dir, dev, checkpoint)
     if nll_k is not None and not model.stochastic:
         raise ConfigError(f"--nll-k estimates log p(x) by importance sampling from q(z|x); model {config.model.model!r} "
                           f"has no stochastic encoder{model.nll_hint}; use it on a vae or cvae run")
     if split not in ("test", "val"):
         raise ConfigError(f"split {split!r} is unknown; use test or val")
-    ds = getattr(load_run_data(config.data, data_dir, allow_changed_data), split)
+    ds = getattr(load_run_data(config.data, o.data_dir, o.allow_changed_data), split)
     if ds is None:
         raise ConfigError(f"the run {run_dir} was trained with --val-size 0: it has no validation split")
     ds = ds.to(dev)
@@ -222,7 +239,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", mc_samples: int | Non
     if nll_k is not None:
         torch.manual_seed(seed)
         # auto whatever the training precision: bf16 moves the NLL by < 0.01 nats, int8 by about 0.02
-        ll = log_likelihood(model, ds, nll_k, chunk_size=chunk_size, precision=nll_precision or precision or "auto")
+        ll = log_likelihood(model, ds, nll_k, chunk_size=o.chunk_size, precision=o.nll_precision or precision or "auto")
         ll.pop("per_example_nll")
         result["likelihood"] = ll
     return result

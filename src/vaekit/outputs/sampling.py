@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from pathlib import Path
 
 import torch
 
+from ..config.schema import options_of
 from ..data.dataset import load_run_data
 from ..errors import ConfigError
 from ..files import atomic_write_text
@@ -21,15 +23,33 @@ MAX_VALUES = 50_000_000   # numbers one sample command writes (200 MB of float32
 MAX_SCALE = 16
 
 
-def sample_run(run_dir: str | Path, n: int = 64, out: str | Path | None = None, temperature: float = 1.0,
-               seed: int = 0, nrow: int | None = None, scale: int = 2, device: str = "auto",
-               label: int | None = None, noise: bool | None = None, checkpoint: str = "last", log=print,
-               allow_changed_data: bool = False) -> Path:
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+    """What sample_run (`vaekit sample RUN`) takes besides the run; each field is the flag of the same name."""
+
+    n: int = 64                        # samples
+    out: str | Path | None = None      # the file (None: samples.png, or samples.csv for a table)
+    temperature: float = 1.0           # z ~ p(z) with its spread scaled by this
+    seed: int = 0
+    nrow: int | None = None            # images per row of the grid
+    scale: int = 2                     # pixel upscaling of the PNG
+    device: str = "auto"
+    label: int | None = None           # a conditional model: the class drawn (None: every class in turn)
+    noise: bool | None = None          # x ~ p(x|z) rather than its mean (None: draws for tables, means for images)
+    checkpoint: str = "last"           # the weights: last or best
+    allow_changed_data: bool = False   # a table: read its file again even if it changed since training
+
+
+def sample_run(run_dir: str | Path, options: SampleOptions | None = None, log=print, **fields) -> Path:
     """`vaekit sample RUN`: decode n draws of z ~ p(z) (temperature scales its spread). Images: a PNG grid
     (default samples.png). A table: CSV rows in the units and columns of its file (default samples.csv;
     the file is read again for its mean and std). noise: write x ~ p(x|z) rather than the mean of
     p(x|z) (None: draws for tables, whose means alone are under-dispersed; means for images). A
-    conditional model draws class `label`, or with none every class in turn (one column per class)."""
+    conditional model draws class `label`, or with none every class in turn (one column per class). options: a
+    SampleOptions, or its fields as keywords (sample_run(run, n=16, out="s.png"))."""
+    o = options_of(SampleOptions, options, fields)
+    n, out, temperature, seed, nrow, scale, device, label, noise, checkpoint, allow_changed_data = (
+        o.n, o.out, o.temperature, o.seed, o.nrow, o.scale, o.device, o.label, o.noise, o.checkpoint, o.allow_changed_data)
     if n < 1:
         raise ConfigError(f"-n {n} is impossible: ask for at least one sample")
     if not 0 < temperature < float("inf"):

@@ -8,6 +8,7 @@ Nothing here knows which model it trains: what is special about a model is in it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..accel.adam import FusedAdam, make_adam
 from ..accel.aot import AheadOfTime, ahead_of_time_possible, config_material
+from ..accel.compiled import should_compile
 from ..config.schema import RunConfig, resumable_fields
 from ..data.dataset import Dataset, DataSplits, check_unchanged, fingerprint, load_data, shard_batches
 from ..distributed import World, agree, from_environment, start
@@ -37,7 +39,7 @@ from .guard import DivergedError, Guard, step_is_finite, weights_finite
 from .resolve import check_applicable, check_names, check_support, differences, reads_of, resolve
 from .schedules import batch_size_at, batch_sizes, hold_fixed, learning_rate, steps_in
 from .signals import Interrupted, stop_on_signals
-from .step import TERMS, Step, should_compile
+from .step import TERMS, Step
 
 READ_EVERY = 64   # steps between the host's reads of the steps' sums and finite flags: no wait for the device per step
 RESUMABLE = resumable_fields()   # what a resumed run may change (TrainConfig fields marked resumable)
@@ -71,7 +73,7 @@ class Session:
     best_epoch: int = 0
     state: dict | None = None        # the trainer state of the last checkpoint this call wrote
     created: list[Path] = field(default_factory=list)   # what a failed new run removes again
-    lock: RunLock | None = None      # held while this call trains the run
+    lock: RunLock | None = None      # the run's lock (process 0), held while this call trains the run
     guard: Guard | None = None       # the NaN/Inf guard (skips, roll-backs, the learning-rate scale)
     position: dict | None = None     # where a mid-epoch checkpoint left the epoch (step, sums, epoch_rng)
     stop_signal: int = 0             # SIGINT or SIGTERM received: save and stop after this step
@@ -91,16 +93,20 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
 
     Under torchrun (RANK, WORLD_SIZE in the environment) every process calls fit() alike: they join one process
     group, each computes its rows of every global batch, and process 0 alone writes the run and logs."""
-    threads_before = torch.get_num_threads()   # set_up picks the training's own; the caller's comes back after
     world = start(from_environment(), config.train.device)
     if not world.main:
         log, progress = (lambda line: None), False
-    try:
-        s = set_up(config, Path(run_dir), resume, data, log, world)
-    except BaseException:
-        torch.set_num_threads(threads_before)
-        raise
-    progress = sys.stderr.isatty() if progress is None else progress
+    with contextlib.ExitStack() as held:   # what this call holds (the run's lock, the caller's threads), given back once
+        held.callback(torch.set_num_threads, torch.get_num_threads())   # set_up picks the training's own threads
+        s = set_up(config, Path(run_dir), resume, data, log, world, held)
+        stopped = _train(s, resume, hooks, sys.stderr.isatty() if progress is None else progress, log)
+    s.model.eval()
+    return FitResult(s.model, s.config, s.history, s.run_dir, stopped)
+
+
+def _train(s: Session, resume: bool, hooks, progress: bool, log) -> str | None:
+    """The epochs, then the model's after-training work; why training stopped early, if it did. A new run that fails
+    before its first checkpoint leaves nothing behind."""
     started, stopped = time.perf_counter(), None
     try:
         if not resume and s.start == s.config.train.epochs:   # --epochs 0: the untrained model is the run's epoch 0
@@ -120,21 +126,17 @@ def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: Data
     except BaseException:
         _remove_unfinished(s)
         raise
-    finally:
-        if s.lock is not None:
-            s.lock.release()
-        torch.set_num_threads(threads_before)
-    s.model.eval()
-    return FitResult(s.model, s.config, s.history, s.run_dir, stopped)
+    return stopped
 
 
-def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | None, log, world: World) -> Session:
+def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | None, log, world: World,
+           held: contextlib.ExitStack) -> Session:
     """Check everything, then create the run directory (a new run) or restore the saved state (resume). With
     several processes, process 0 alone creates and locks the folder, and a failure in any process is every
     process's error (none waits for another that has given up)."""
     s, error = None, None
     try:
-        s = _set_up(config, run_dir, resume, data, log, world)
+        s = _set_up(config, run_dir, resume, data, log, world, held)
     except BaseException as e:
         error = e
     try:
@@ -142,8 +144,6 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     except BaseException:
         if s is not None:   # this process got through; another did not
             _remove_unfinished(s)
-            if s.lock is not None:
-                s.lock.release()
         raise
     # DistributedDataParallel's set-up is a collective: only once every process is known to be ready
     tcfg = s.config.train
@@ -172,7 +172,8 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     return s
 
 
-def _set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | None, log, world: World) -> Session:
+def _set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | None, log, world: World,
+            held: contextlib.ExitStack) -> Session:
     lock = RunLock(run_dir) if world.main else None
     # what other processes leave idle, measured over 0.1 s while this one sleeps (its own threads would take CPU
     # from theirs and hide them); a run that will compile starts the compiler's import now, to overlap the data load
@@ -184,19 +185,14 @@ def _set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | N
         if not has_checkpoint(run_dir):
             raise CheckpointError(f"{run_dir} has a config but no checkpoint yet; start it again without --resume")
         if lock is not None:
-            lock.acquire()
+            held.enter_context(lock)   # released by fit() on every way out
         try:
-            try:
-                check_unchanged(saved.data)
-            except DataError as e:
-                raise CheckpointError(f"cannot resume {run_dir}: {str(e).split('; pass')[0]}; resuming would mix two "
-                                      "data sets: start a new run") from None
-            data = data or load_data(saved.data)
-            config = _resumed_config(run_dir, saved, resolve(config, data))
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            raise
+            check_unchanged(saved.data)
+        except DataError as e:
+            raise CheckpointError(f"cannot resume {run_dir}: {str(e).split('; pass')[0]}; resuming would mix two "
+                                  "data sets: start a new run") from None
+        data = data or load_data(saved.data)
+        config = _resumed_config(run_dir, saved, resolve(config, data))
     else:
         if world.main:
             _check_new(run_dir)
@@ -219,12 +215,7 @@ def _set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | N
     s = Session(config, run_dir, model, optimizer, torch.Generator(device=device).manual_seed(tcfg.seed),
                 data.train.to(device), data.val.to(device) if data.val is not None else None, precision, lock=lock,
                 guard=Guard(model, optimizer, log=log), world=world)
-    try:
-        _restore(s) if resume else _create(s) if world.main else None
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
+    _restore(s) if resume else _create(s, held) if world.main else None
     s.guard.snapshot()   # the state training starts from is the first good one
     s.history = read_metrics(run_dir, upto=s.start, log=log)
     if world.main:
@@ -267,7 +258,7 @@ def _check_new(run_dir: Path) -> None:
     check_new_run_dir(run_dir)
 
 
-def _create(s: Session) -> None:
+def _create(s: Session, held: contextlib.ExitStack) -> None:
     """The run directory, locked and marked, with its config: checked again under the lock, so of two trainers
     started on one folder exactly one trains."""
     try:
@@ -276,7 +267,7 @@ def _create(s: Session) -> None:
     except FileExistsError:
         pass    # an empty folder the user made, or one another trainer has just made: the lock decides
     new_lock = not (s.run_dir / LOCK).exists()
-    s.lock.acquire()
+    held.enter_context(s.lock)   # released by fit() on every way out
     if new_lock:
         s.created.append(s.run_dir / LOCK)
     try:
