@@ -36,6 +36,7 @@ from ..store.checkpoint import BEST, has_checkpoint, load_config, load_trainer_s
 from ..store.metrics import METRICS, append_metric, read_metrics, summary, write_metrics
 from ..store.rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
 from .guard import DivergedError, Guard, step_is_finite, weights_finite
+from .progress import Progress
 from .resolve import check_applicable, check_names, check_support, differences, reads_of, resolve
 from .schedules import batch_size_at, batch_sizes, hold_fixed, learning_rate, steps_in
 from .signals import Interrupted, stop_on_signals
@@ -57,7 +58,8 @@ class FitResult:
 
 @dataclass
 class Session:
-    """What one call of fit() trains with."""
+    """What one call of fit() trains with: the run's inputs (rebuilt from its folder on a resume), its progress (saved
+    in every checkpoint and restored by a resume: Progress), and this call's own bookkeeping."""
 
     config: RunConfig
     run_dir: Path
@@ -67,22 +69,17 @@ class Session:
     train: Dataset
     val: Dataset | None
     precision: str                   # fp32 or bf16: what 'auto' resolved to on this machine
-    start: int = 0                   # epochs finished before this call
-    history: list[dict] = field(default_factory=list)
-    best_loss: float = math.inf      # the lowest validation loss so far, and its epoch (0: none)
-    best_epoch: int = 0
+    progress: Progress = field(default_factory=Progress)   # where training stands: saved and restored (progress.py)
+    history: list[dict] = field(default_factory=list)      # metrics.jsonl's lines so far
     state: dict | None = None        # the trainer state of the last checkpoint this call wrote
     created: list[Path] = field(default_factory=list)   # what a failed new run removes again
     lock: RunLock | None = None      # the run's lock (process 0), held while this call trains the run
     guard: Guard | None = None       # the NaN/Inf guard (skips, roll-backs, the learning-rate scale)
-    position: dict | None = None     # where a mid-epoch checkpoint left the epoch (step, sums, epoch_rng)
     stop_signal: int = 0             # SIGINT or SIGTERM received: save and stop after this step
     step: Step | None = None         # forward + loss + backward of one batch, eager or compiled
     world: World = field(default_factory=World)   # this process among the training processes (torchrun)
     data_name: str = ""
     hook_stop: str = ""              # why a hook asked training to stop (empty: go on)
-    resumed_ahead: bool | None = None  # resumed: whether the run's steps so far came from a step built ahead of time
-                                       # (None: a new run, or one that has taken no step)
 
 
 def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
@@ -109,12 +106,12 @@ def _train(s: Session, resume: bool, hooks, progress: bool, log) -> str | None:
     before its first checkpoint leaves nothing behind."""
     started, stopped = time.perf_counter(), None
     try:
-        if not resume and s.start == s.config.train.epochs:   # --epochs 0: the untrained model is the run's epoch 0
+        if not resume and s.progress.start == s.config.train.epochs:   # --epochs 0: the untrained model is the run's epoch 0
             s.state = _state(s, 0)
             if s.world.main:
                 save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
         with stop_on_signals(s):
-            for epoch in range(s.start, s.config.train.epochs):
+            for epoch in range(s.progress.start, s.config.train.epochs):
                 record = train_epoch(s, epoch, progress)
                 end_epoch(s, record, hooks, log)
                 stopped = stop_reason(s, epoch, started) if s.world.main else None   # process 0's clock decides
@@ -147,22 +144,22 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
         raise
     # DistributedDataParallel's set-up is a collective: only once every process is known to be ready
     tcfg = s.config.train
-    steps_left = steps_in(tcfg, len(s.train), s.start, tcfg.epochs)
+    steps_left = steps_in(tcfg, len(s.train), s.progress.start, tcfg.epochs)
     compiled = should_compile(tcfg.compile, steps_left, world.distributed)
     # The kind of step follows from the config and the machine, never from what the cache holds: a compiled step is
     # the one built ahead of time where that is possible (loaded from the cache, else built there: the cache only
     # saves the build). auto resumes a run with the kind of step it had, so that it goes on exactly.
-    if tcfg.compile == "auto" and s.resumed_ahead is not None:
-        compiled = compiled or s.resumed_ahead
-        ahead_wanted = s.resumed_ahead
+    if tcfg.compile == "auto" and s.progress.ahead_of_time is not None:
+        compiled = compiled or s.progress.ahead_of_time
+        ahead_wanted = s.progress.ahead_of_time
     else:
         ahead_wanted = compiled
     ahead = AheadOfTime(config_material(s.config), log=log) \
         if ahead_wanted and ahead_of_time_possible(s.config, world) else None
-    s.step = Step(s.model, get_loss(tcfg.loss), s.precision, batch_sizes(tcfg, s.start, tcfg.epochs), compiled, log,
+    s.step = Step(s.model, get_loss(tcfg.loss), s.precision, batch_sizes(tcfg, s.progress.start, tcfg.epochs), compiled, log,
                   world, optimizer=s.optimizer if tcfg.schedule == "joint" else None,   # alternating: hold_fixed between
                   ahead=ahead)
-    if s.start < tcfg.epochs:
+    if s.progress.start < tcfg.epochs:
         log(banner(s))
     elif resume:
         log(f"nothing to train: {run_dir} has finished its {tcfg.epochs} epochs; raise --epochs to train more")
@@ -217,7 +214,7 @@ def _set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | N
                 guard=Guard(model, optimizer, log=log), world=world)
     _restore(s) if resume else _create(s, held) if world.main else None
     s.guard.snapshot()   # the state training starts from is the first good one
-    s.history = read_metrics(run_dir, upto=s.start, log=log)
+    s.history = read_metrics(run_dir, upto=s.progress.start, log=log)
     if world.main:
         write_metrics(run_dir, s.history)   # drops lines of epochs past the checkpoint
     s.data_name = data.name
@@ -236,20 +233,10 @@ def _resumed_config(run_dir: Path, saved: RunConfig, requested: RunConfig) -> Ru
 
 def _restore(s: Session) -> None:
     load_weights(s.run_dir, s.model)
-    state = load_trainer_state(s.run_dir, s.optimizer)
-    s.start = state["epoch"]
-    s.best_loss, s.best_epoch = state.get("best_loss", math.inf), state.get("best_epoch", 0)
-    s.guard.lr_scale = state.get("lr_scale", 1.0)
-    if s.config.train.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
-        s.precision = state["precision"]   # what 'auto' chose when the run started: a resume never switches
-    # no step taken yet (the untrained epoch 0 of --epochs 0): the kind of step is chosen as for a new run
-    s.resumed_ahead = bool(state.get("ahead_of_time")) if s.start or state.get("step") else None
-    tensors = state["tensors"]
-    torch.set_rng_state(tensors["torch_rng"])
-    s.generator.set_state(tensors["data_rng"].to(s.generator.get_state().device))
-    if state.get("step"):   # saved mid-epoch: train_epoch starts there
-        sums = state["sums"] if s.world.main else {**{k: 0.0 for k in state["sums"]}, "seen": state["sums"]["seen"]}
-        s.position = {"step": state["step"], "sums": sums, "epoch_rng": tensors["epoch_rng"]}
+    s.progress = Progress.restored(load_trainer_state(s.run_dir, s.optimizer), s.generator, s.world.main)
+    s.guard.lr_scale = s.progress.lr_scale
+    if s.config.train.precision == "auto" and s.progress.precision in ("fp32", "bf16"):
+        s.precision = s.progress.precision   # what 'auto' chose when the run started: a resume never switches
 
 
 def _check_new(run_dir: Path) -> None:
@@ -309,7 +296,7 @@ def banner(s: Session) -> str:
         how.append(f"{'closed-form' if closed else 'Monte Carlo'} KL")
     how.append(f"{tcfg.schedule} schedule")
     return (f"training {s.config.model.model} ({', '.join(how)}; {model.describe_latent()}) on {s.data_name}: "
-            f"{len(s.train)} examples, epochs {s.start + 1}-{tcfg.epochs}, device {model.device}, {s.precision}, "
+            f"{len(s.train)} examples, epochs {s.progress.start + 1}-{tcfg.epochs}, device {model.device}, {s.precision}, "
             f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
             + (", compiled step" if s.step is not None and s.step.compiled else "")
             + (f", {s.world.size} processes" if s.world.distributed else ""))
@@ -332,7 +319,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     ctx = LossContext(tcfg, epoch, n)
     batch_size = batch_size_at(tcfg, epoch)
     steps_per_epoch, steps_before = math.ceil(n / batch_size), steps_in(tcfg, n, 0, epoch)
-    position, s.position = s.position, None
+    position, s.progress.position = s.progress.position, None
     if position is None:   # a fresh epoch: its permutation is the generator's next draw
         epoch_rng, start, sums = s.generator.get_state(), 0, {**dict.fromkeys(TERMS, 0.0), "seen": 0.0}
         order = torch.randperm(n, generator=s.generator, device=s.train.device)
@@ -420,8 +407,7 @@ def save_position(s: Session, epoch: int, step: int, sums: dict, epoch_rng: torc
     if not weights_finite(s.model):
         return   # never a non-finite checkpoint: the guard rolls back at the next bad step
     # the run's sums so far (each process resumes with its own part: process 0 all of it)
-    state = {**_state(s, epoch), "step": step, "sums": _summed_over_processes(s, sums)}
-    state["tensors"]["epoch_rng"] = epoch_rng.cpu()
+    state = _state(s, epoch, {"step": step, "sums": _summed_over_processes(s, sums), "epoch_rng": epoch_rng})
     if s.world.main:
         save_checkpoint(s.run_dir, s.model, s.optimizer, state)
     s.state = state
@@ -437,10 +423,11 @@ def _summed_over_processes(s: Session, sums: dict) -> dict:
     return {**sums, **dict(zip(TERMS, total, strict=True))}
 
 
-def _state(s: Session, finished_epochs: int) -> dict:
-    return {"epoch": finished_epochs, "best_loss": s.best_loss, "best_epoch": s.best_epoch, "lr_scale": s.guard.lr_scale,
-            "precision": s.precision, "ahead_of_time": s.step.ahead_of_time,
-            "tensors": {"torch_rng": torch.get_rng_state(), "data_rng": s.generator.get_state().cpu()}}
+def _state(s: Session, finished_epochs: int, position: dict | None = None) -> dict:
+    """The trainer state to save now (Progress.state), with the guard's, the precision's and the step's part of it."""
+    p = s.progress
+    p.lr_scale, p.precision, p.ahead_of_time = s.guard.lr_scale, s.precision, s.step.ahead_of_time
+    return p.state(finished_epochs, s.generator, position)
 
 
 def end_epoch(s: Session, record: dict, hooks, log) -> None:
@@ -465,8 +452,8 @@ def end_epoch(s: Session, record: dict, hooks, log) -> None:
     s.history.append(record)
     if s.world.main:
         append_metric(s.run_dir, record)  # before the checkpoint: a resume drops lines past it
-    if s.val is not None and record["val_loss"] < s.best_loss:
-        s.best_loss, s.best_epoch = record["val_loss"], record["epoch"]
+    if s.val is not None and record["val_loss"] < s.progress.best_loss:
+        s.progress.best_loss, s.progress.best_epoch = record["val_loss"], record["epoch"]
         if s.world.main:
             save_best(s.run_dir, s.model, record["epoch"])
     s.state = _state(s, record["epoch"])
@@ -490,9 +477,9 @@ def stop_reason(s: Session, epoch: int, started: float) -> str | None:
     if tcfg.max_minutes is not None and time.perf_counter() - started >= 60 * tcfg.max_minutes:
         return (f"stopping after epoch {done} of {tcfg.epochs}: this invocation's {tcfg.max_minutes:g}-minute budget "
                 f"is spent; continue with `vaekit train --resume {s.run_dir}`")
-    if tcfg.early_stop is not None and s.best_epoch and done - s.best_epoch >= tcfg.early_stop:
+    if tcfg.early_stop is not None and s.progress.best_epoch and done - s.progress.best_epoch >= tcfg.early_stop:
         return (f"stopping early after epoch {done} of {tcfg.epochs}: no better validation loss for {tcfg.early_stop} "
-                f"epochs (best {s.best_loss:.2f} at epoch {s.best_epoch}, saved in {s.run_dir / BEST})")
+                f"epochs (best {s.progress.best_loss:.2f} at epoch {s.progress.best_epoch}, saved in {s.run_dir / BEST})")
     return None
 
 
@@ -504,11 +491,11 @@ def finish(s: Session, log) -> None:
     if not s.model.after_training(s.train, tcfg, log):
         return
     save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
-    if s.best_epoch == s.state["epoch"]:
-        save_best(s.run_dir, s.model, s.best_epoch)
-    elif s.best_epoch:
+    if s.progress.best_epoch == s.state["epoch"]:
+        save_best(s.run_dir, s.model, s.progress.best_epoch)
+    elif s.progress.best_epoch:
         best = build_model(s.config.model).to(s.model.device)
         load_weights(s.run_dir, best, "best")
-        log(f"the same for the best weights (epoch {s.best_epoch}):")
+        log(f"the same for the best weights (epoch {s.progress.best_epoch}):")
         best.after_training(s.train, tcfg, log)
-        save_best(s.run_dir, best, s.best_epoch)
+        save_best(s.run_dir, best, s.progress.best_epoch)
