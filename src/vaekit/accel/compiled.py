@@ -99,9 +99,9 @@ class CompiledStep:
                shard: tuple[int, int, int] | None = None) -> torch.Tensor | None:
         """The whole step of a full batch as one compiled graph: forward, backward, and the optimiser's update at its
         current learning rate, taken only if the loss terms and gradients are finite (the guard's skipped step).
-        Returns TERMS' sums and the finite flag, (4,); None where this batch takes the split path (__call__, then
-        the optimiser), as a batch of another size does, or every batch once the graph failed to compile. shard: as
-        for __call__."""
+        Returns TERMS' sums and the finite flag, (4,); None where this batch takes the split path (forward_backward,
+        then the optimiser), as a batch of another size does, or every batch once the graph failed to compile. shard:
+        (lo, hi, n), the rows of a global batch of n that x holds (several processes)."""
         if len(x) not in self.full_rows:
             return None
         ahead = self._ahead is not None and self._ahead.packages.get(len(x), True) is not None   # (None: known missing)
