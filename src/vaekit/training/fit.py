@@ -234,7 +234,8 @@ def _resumed_config(run_dir: Path, saved: RunConfig, requested: RunConfig) -> Ru
 def _restore(s: Session) -> None:
     load_weights(s.run_dir, s.model)
     s.progress = Progress.restored(load_trainer_state(s.run_dir, s.optimizer), s.generator, s.world.main)
-    s.guard.lr_scale = s.progress.lr_scale
+    g, p = s.guard, s.progress   # the guard goes on with its counts and its roll-back budget as they were
+    g.lr_scale, g.skipped, g.rollbacks, g.bad_in_a_row = p.lr_scale, p.skipped, p.rollbacks, p.bad_in_a_row
     if s.config.train.precision == "auto" and s.progress.precision in ("fp32", "bf16"):
         s.precision = s.progress.precision   # what 'auto' chose when the run started: a resume never switches
 
@@ -403,15 +404,18 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
 
 def save_position(s: Session, epoch: int, step: int, sums: dict, epoch_rng: torch.Tensor) -> None:
     """A mid-epoch checkpoint: the weights and optimiser now, and where in the epoch they stand (the step,
-    the sums so far, the generator state at the epoch's start and now), so resuming is bit-exact."""
-    if not weights_finite(s.model):
-        return   # never a non-finite checkpoint: the guard rolls back at the next bad step
+    the sums so far, the generator state at the epoch's start and now), so resuming is bit-exact. It is for a crash
+    alone: the guard's roll-back target stays the state the last epoch ended in (its losses checked finite on the
+    training and validation sets), so a run trains the same with mid-epoch checkpoints as without them."""
+    if not weights_finite(s.model) or s.guard.bad_in_a_row:
+        # never a non-finite checkpoint, nor the state a streak of non-finite steps started from: that is the state
+        # the guard may be about to roll back from, and as its roll-back target it would be rolled back to again
+        return
     # the run's sums so far (each process resumes with its own part: process 0 all of it)
     state = _state(s, epoch, {"step": step, "sums": _summed_over_processes(s, sums), "epoch_rng": epoch_rng})
     if s.world.main:
         save_checkpoint(s.run_dir, s.model, s.optimizer, state)
-    s.state = state
-    s.guard.snapshot()
+    s.state = state   # (the guard's roll-back target stays the last epoch's end: a state checked whole)
 
 
 def _summed_over_processes(s: Session, sums: dict) -> dict:
@@ -427,6 +431,7 @@ def _state(s: Session, finished_epochs: int, position: dict | None = None) -> di
     """The trainer state to save now (Progress.state), with the guard's, the precision's and the step's part of it."""
     p = s.progress
     p.lr_scale, p.precision, p.ahead_of_time = s.guard.lr_scale, s.precision, s.step.ahead_of_time
+    p.skipped, p.rollbacks, p.bad_in_a_row = s.guard.skipped, s.guard.rollbacks, s.guard.bad_in_a_row
     return p.state(finished_epochs, s.generator, position)
 
 

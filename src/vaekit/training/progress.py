@@ -21,6 +21,9 @@ class Progress:
     best_loss: float = math.inf       # the lowest validation loss so far, and its epoch (0: none)
     best_epoch: int = 0
     lr_scale: float = 1.0             # the NaN guard's learning-rate factor after its roll-backs
+    skipped: int = 0                  # the guard's count of skipped (non-finite) steps so far
+    rollbacks: int = 0                # its roll-backs so far (the budget is guard.MAX_ROLLBACKS for the whole run)
+    bad_in_a_row: int = 0             # non-finite steps since the last finite one
     precision: str | None = None      # what the run trains in (auto's choice when it started: a resume never switches)
     ahead_of_time: bool | None = None  # whether its steps so far came from the step built ahead of time (None: none yet)
     position: dict | None = None      # mid-epoch: where the epoch stands (step, sums, epoch_rng)
@@ -30,8 +33,9 @@ class Progress:
         of the next epoch, its sums so far and the data generator's state at its start), with both RNG streams now."""
         tensors = {"torch_rng": torch.get_rng_state(), "data_rng": generator.get_state().cpu()}
         state = {"epoch": finished_epochs, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
-                 "lr_scale": self.lr_scale, "precision": self.precision, "ahead_of_time": bool(self.ahead_of_time),
-                 "tensors": tensors}
+                 "lr_scale": self.lr_scale, "skipped": self.skipped, "rollbacks": self.rollbacks,
+                 "bad_in_a_row": self.bad_in_a_row, "precision": self.precision,
+                 "ahead_of_time": bool(self.ahead_of_time), "tensors": tensors}
         if position is not None:
             state.update(step=position["step"], sums=position["sums"])
             tensors["epoch_rng"] = position["epoch_rng"].cpu()
@@ -50,5 +54,6 @@ class Progress:
             position = {"step": state["step"], "sums": sums, "epoch_rng": tensors["epoch_rng"]}
         took_steps = bool(state["epoch"] or state.get("step"))   # the untrained epoch 0 of --epochs 0 has taken none
         return cls(start=state["epoch"], best_loss=state.get("best_loss", math.inf), best_epoch=state.get("best_epoch", 0),
-                   lr_scale=state.get("lr_scale", 1.0), precision=state.get("precision"),
+                   lr_scale=state.get("lr_scale", 1.0), skipped=state.get("skipped", 0), rollbacks=state.get("rollbacks", 0),
+                   bad_in_a_row=state.get("bad_in_a_row", 0), precision=state.get("precision"),
                    ahead_of_time=bool(state.get("ahead_of_time")) if took_steps else None, position=position)
