@@ -202,3 +202,25 @@ def test_the_banner_names_the_loss_its_samples_the_kl_estimator_and_the_schedule
     lines.clear()
     quiet(with_train(TINY, epochs=1), tmp_path / "run2", data=synthetic_splits(), log=lines.append)
     assert "1 sample of z per example, closed-form KL, joint schedule" in lines[0]
+
+
+def test_the_banner_of_a_flow_posterior_says_monte_carlo(tmp_path):
+    """q(z|x) with IAF steps has no closed-form KL against N(0, I): the losses estimate it by Monte Carlo, and the
+    banner says so (it said closed-form)."""
+    lines = []
+    iaf = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, posterior="iaf", flow_steps=1, flow_hidden=8))
+    quiet(with_train(iaf, epochs=1), tmp_path / "run", data=synthetic_splits(), log=lines.append)
+    assert "Monte Carlo KL" in lines[0] and "closed-form" not in lines[0]
+
+
+def test_an_autoencoder_reports_no_elbo_and_the_nll_refusal_names_every_model_that_has_one(tmp_path, capsys):
+    from vaekit import MODELS, ConfigError, evaluate_run
+    quiet(dataclasses.replace(with_train(TINY, epochs=1), model=dataclasses.replace(TINY.model, model="ae")),
+          tmp_path / "ae")
+    report = evaluate_run(tmp_path / "ae")
+    assert "neg_elbo" not in report and report["objective"] == pytest.approx(report["recon"])
+    assert main(["eval", str(tmp_path / "ae")]) == 0
+    assert "ELBO" not in capsys.readouterr().out
+    with pytest.raises(ConfigError) as refused:
+        evaluate_run(tmp_path / "ae", nll_k=5)
+    assert all(name in str(refused.value) for name, cls in MODELS.items() if cls.stochastic)

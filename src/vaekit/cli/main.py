@@ -278,8 +278,9 @@ def _eval(args) -> int:
     weights = "" if args.checkpoint == "last" else f", {args.checkpoint} weights"
     print(f"{r['run']} ({r['model']}, epoch {r['epoch']}{weights}), {r['split']} set of {r['n']} examples, "
           f"L={r['mc_samples']}, in nats per example:")
-    print(f"  objective ({r['loss_name']}) {r['objective']:.2f}   -ELBO {r['neg_elbo']:.2f} "
-          f"(recon {r['recon']:.2f} + kl {r['kl']:.2f})")
+    elbo = f"   -ELBO {r['neg_elbo']:.2f} (recon {r['recon']:.2f} + kl {r['kl']:.2f})" if "neg_elbo" in r else \
+        f"   (recon {r['recon']:.2f})"
+    print(f"  objective ({r['loss_name']}) {r['objective']:.2f}{elbo}")
     if "likelihood" in r:
         ll = r["likelihood"]
         print(f"  -log p(x) {ll['nll']:.2f} +- {ll['nll_se']:.2f} (k={ll['k']}), {ll['bits_per_dim']:.4f} bits/dim; "

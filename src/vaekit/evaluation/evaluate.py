@@ -18,6 +18,7 @@ from ..data.dataset import Dataset, batches, load_run_data, shard_batches
 from ..distributed import ALONE, World
 from ..errors import ConfigError
 from ..models.distributions import batch_shard
+from ..models.family import MODELS
 from ..models.objectives import LossContext, get_loss, log_weights_at, posterior
 from ..runtime import autocast, keep_freed_memory, resolve_device, resolve_precision
 from ..store.checkpoint import load_model
@@ -218,7 +219,8 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **fiel
     model, config, epoch = load_model(run_dir, dev, checkpoint)
     if nll_k is not None and not model.stochastic:
         raise ConfigError(f"--nll-k estimates log p(x) by importance sampling from q(z|x); model {config.model.model!r} "
-                          f"has no stochastic encoder{model.nll_hint}; use it on a vae or cvae run")
+                          f"has no stochastic encoder{model.nll_hint}; use it on a run of a model with one ("
+                          + ", ".join(name for name, cls in MODELS.items() if cls.stochastic) + ")")
     if split not in ("test", "val"):
         raise ConfigError(f"split {split!r} is unknown; use test or val")
     ds = getattr(load_run_data(config.data, o.data_dir, o.allow_changed_data), split)
@@ -236,6 +238,8 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **fiel
               "model": config.model.model, "loss_name": train_cfg.loss, "mc_samples": train_cfg.mc_samples,
               "objective": terms.pop("loss"), **terms, "seconds": time.perf_counter() - t0,
               **model.evaluation_extras(ds)}
+    if not model.has_elbo:   # recon + kl is no bound on anything for this model: not reported as one
+        result.pop("neg_elbo", None)
     if nll_k is not None:
         torch.manual_seed(seed)
         # auto whatever the training precision: bf16 moves the NLL by < 0.01 nats, int8 by about 0.02

@@ -39,6 +39,7 @@ class LatentModel(nn.Module):
     reads = ("prior",)   # the ModelConfig / TrainConfig fields only some models read (vaekit.training.resolve refuses the rest)
     nll_hint = ""        # why --nll-k does not apply, for a model that is not stochastic
     no_one_graph = ""    # why the compiled step cannot hold forward, backward and Adam in one graph ("": it can)
+    has_elbo = True      # False: the model bounds no likelihood (the AE), and eval reports no -ELBO for it
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -183,6 +184,8 @@ class Conditioned:
 
 class AutoEncoder(LatentModel):
     """Deterministic baseline: z = f(x), trained on reconstruction alone."""
+
+    has_elbo = False
 
     def encode(self, x: torch.Tensor) -> PointMass:
         return PointMass(self.encoder(x))

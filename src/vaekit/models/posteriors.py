@@ -25,6 +25,7 @@ class GaussianPosterior(nn.Module):
     """q(z|x) = N(mu(x), diag(sigma^2(x))), the VAE's posterior (Kingma & Welling 2014); closed-form KL with N(0, I)."""
 
     outputs_per_dim = 2   # mu, log sigma^2
+    closed_form_kl = True   # a prior with a closed-form KL against a diagonal Gaussian gives it for this q
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -39,6 +40,7 @@ class IAFPosterior(nn.Module):
     context from the encoder; log q(z|x) by the change of variables, the KL by Monte Carlo."""
 
     outputs_per_dim = 3   # mu, log sigma^2 and a context h of latent_dim numbers
+    closed_form_kl = False  # no closed form for a flow's q: the KL is estimated by Monte Carlo
     reads = ("flow_steps", "flow_hidden")
 
     def __init__(self, config: ModelConfig):

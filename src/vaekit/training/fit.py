@@ -293,7 +293,8 @@ def banner(s: Session) -> str:
     if "mc_samples" in read:
         how.append(f"{tcfg.mc_samples} sample{'s' if tcfg.mc_samples > 1 else ''} of z per example")
     if "kl" in read:
-        closed = tcfg.kl != "mc" and getattr(model.prior(), "closed_form_kl", False)
+        q_closed = getattr(getattr(model, "q_head", None), "closed_form_kl", True)   # a flow's q has none
+        closed = tcfg.kl != "mc" and getattr(model.prior(), "closed_form_kl", False) and q_closed
         how.append(f"{'closed-form' if closed else 'Monte Carlo'} KL")
     how.append(f"{tcfg.schedule} schedule")
     return (f"training {s.config.model.model} ({', '.join(how)}; {model.describe_latent()}) on {s.data_name}: "
