@@ -513,3 +513,35 @@ def test_a_resumed_run_keeps_the_guards_counts_and_budget(tmp_path):
            [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in resumed.history]
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_vq_vae_stopped_while_fitting_its_code_prior_is_refused_then_finished_by_resume(tmp_path, monkeypatch):
+    """Killed after its last epoch, while its code prior was being fitted: eval and sample refuse the run in one line
+    (before, they used the untrained prior without a word), and a resume fits the prior (before: 'nothing to train'),
+    to the weights of a run never stopped."""
+    from vaekit import CheckpointError, DataConfig, ModelConfig, RunConfig, TrainConfig, evaluate_run, fit, sample_run
+    from vaekit.models.family import VQVAE
+    config = RunConfig(ModelConfig(model="vqvae", latent_dim=4, hidden_dims=(16,)), DataConfig("digits"),
+                       TrainConfig(epochs=2, prior_epochs=1, precision="fp32", threads=1, compile="off"))
+    quiet = {"progress": False, "log": lambda line: None}
+    whole = fit(config, tmp_path / "whole", **quiet)
+    real = VQVAE.after_training
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt   # as SIGKILL would, while the prior is fitted
+    monkeypatch.setattr(VQVAE, "after_training", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "stopped", **quiet)
+    for refused in (lambda: evaluate_run(tmp_path / "stopped"), lambda: sample_run(tmp_path / "stopped", n=4,
+                                                                                    out=tmp_path / "s.png"),
+                    lambda: evaluate_run(tmp_path / "stopped", checkpoint="best")):
+        with pytest.raises(CheckpointError, match="vaekit train --resume"):
+            refused()
+    monkeypatch.setattr(VQVAE, "after_training", real)
+    lines = []
+    resumed = fit(config, tmp_path / "stopped", resume=True, progress=False, log=lines.append)
+    assert any("doing it now" in line for line in lines)
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert evaluate_run(tmp_path / "stopped")["codes"] == evaluate_run(tmp_path / "whole")["codes"]

@@ -69,6 +69,11 @@ class LatentModel(nn.Module):
         """Work once the weights are final (this call trained); True if it changed what must be saved."""
         return False
 
+    def needs_after_training(self, cfg: TrainConfig) -> bool:
+        """Whether after_training has work to do with these settings: until it is saved, the run's checkpoints say so,
+        and eval, sample and the rest refuse them."""
+        return False
+
     def evaluation_extras(self, ds: Dataset) -> dict:
         """Numbers `vaekit eval` reports besides the loss terms."""
         return {}
@@ -364,6 +369,9 @@ class VQVAE(LatentModel):
         """How much of its codebook the validation set uses: perplexity and dead codes."""
         usage = codebook_usage(self.code_indices(val), self.config.codebook_size)
         return {"perplexity": usage["perplexity"], "dead_codes": usage["dead_codes"]}
+
+    def needs_after_training(self, cfg: TrainConfig) -> bool:
+        return bool(cfg.prior_epochs)
 
     def after_training(self, train: Dataset, cfg: TrainConfig, log=print) -> bool:
         """The autoregressive prior over code indices, fitted once the codes are final."""

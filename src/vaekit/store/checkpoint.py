@@ -72,7 +72,7 @@ def _checkpoint_dir(run_dir: Path) -> Path:
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Save weights, optimiser and trainer `state` (JSON scalars + tensors under state['tensors'])."""
-    meta = _meta(state["epoch"])
+    meta = _meta(state["epoch"], state.get("after_training_pending", False))
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors = {**opt_tensors, **{f"state/{k}": v for k, v in state.get("tensors", {}).items()}}
     scalars = {k: v for k, v in state.items() if k != "tensors"}
@@ -81,17 +81,18 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         "trainer.safetensors": (tensors, {**meta, "optimizer": json.dumps(opt_meta), "state": json.dumps(scalars)})})
 
 
-def save_best(run_dir: Path, model: torch.nn.Module, epoch: int) -> None:
-    """RUN/best/model.safetensors: the weights of `epoch`, swapped in as atomically as a checkpoint."""
-    _write_folder(run_dir, BEST, {"model.safetensors": (_weights(model), _meta(epoch))})
+def save_best(run_dir: Path, model: torch.nn.Module, epoch: int, pending: bool = False) -> None:
+    """RUN/best/model.safetensors: the weights of `epoch`, swapped in as atomically as a checkpoint. pending: the
+    model's work after training is still to do on them."""
+    _write_folder(run_dir, BEST, {"model.safetensors": (_weights(model), _meta(epoch, pending))})
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
-def _meta(epoch: int) -> dict[str, str]:
-    return {"format": FORMAT, "version": VERSION, "epoch": str(epoch)}
+def _meta(epoch: int, pending: bool = False) -> dict[str, str]:
+    return {"format": FORMAT, "version": VERSION, "epoch": str(epoch), **({"after_training": "pending"} if pending else {})}
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -121,10 +122,11 @@ def load_config(run_dir: Path) -> RunConfig:
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu", checkpoint: str = "last"):
     """(model in eval mode, RunConfig, epoch) from a run directory; device may be 'auto'; checkpoint
-    'last' (the last finished epoch) or 'best' (the lowest validation loss)."""
+    'last' (the last finished epoch) or 'best' (the lowest validation loss). Weights whose model's work after
+    training (a VQ-VAE's code prior) was never saved are refused."""
     config = load_config(run_dir)
     model = build_model(config.model)
-    epoch = load_weights(run_dir, model, checkpoint)
+    epoch = load_weights(run_dir, model, checkpoint, finished_only=True)
     check_finite(model, f"{run_dir} ({checkpoint})")
     return model.to(resolve_device(str(device))).eval(), config, epoch
 
@@ -141,9 +143,13 @@ def _weights_dir(run_dir: Path, checkpoint: str) -> Path:
                           "use --checkpoint last")
 
 
-def load_weights(run_dir: Path, model: torch.nn.Module, checkpoint: str = "last") -> int:
-    """Load the checkpoint's weights into `model` in place; return the epoch they are from."""
+def load_weights(run_dir: Path, model: torch.nn.Module, checkpoint: str = "last", finished_only: bool = False) -> int:
+    """Load the checkpoint's weights into `model` in place; return the epoch they are from. finished_only: refuse
+    weights whose model's work after training is pending (a run stopped before it was saved, or still training)."""
     tensors, meta = _read(_weights_dir(run_dir, checkpoint) / "model.safetensors")
+    if finished_only and meta.get("after_training") == "pending":
+        raise CheckpointError(f"{run_dir} has no finished model yet: its work after training (a VQ-VAE's code prior) "
+                              f"was not saved; finish it with `vaekit train --resume {run_dir}` (or wait for it to end)")
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:

@@ -428,9 +428,11 @@ def _summed_over_processes(s: Session, sums: dict) -> dict:
     return {**sums, **dict(zip(TERMS, total, strict=True))}
 
 
-def _state(s: Session, finished_epochs: int, position: dict | None = None) -> dict:
-    """The trainer state to save now (Progress.state), with the guard's, the precision's and the step's part of it."""
+def _state(s: Session, finished_epochs: int, position: dict | None = None, pending: bool | None = None) -> dict:
+    """The trainer state to save now (Progress.state), with the guard's, the precision's and the step's part of it.
+    pending: whether the model's work after training is still to do (default: whether it has any)."""
     p = s.progress
+    p.after_training_pending = s.model.needs_after_training(s.config.train) if pending is None else pending
     p.lr_scale, p.precision, p.ahead_of_time = s.guard.lr_scale, s.precision, s.step.ahead_of_time
     p.skipped, p.rollbacks, p.bad_in_a_row = s.guard.skipped, s.guard.rollbacks, s.guard.bad_in_a_row
     return p.state(finished_epochs, s.generator, position)
@@ -461,7 +463,7 @@ def end_epoch(s: Session, record: dict, hooks, log) -> None:
     if s.val is not None and record["val_loss"] < s.progress.best_loss:
         s.progress.best_loss, s.progress.best_epoch = record["val_loss"], record["epoch"]
         if s.world.main:
-            save_best(s.run_dir, s.model, record["epoch"])
+            save_best(s.run_dir, s.model, record["epoch"], pending=s.model.needs_after_training(tcfg))
     s.state = _state(s, record["epoch"])
     if s.world.main:
         save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
@@ -490,14 +492,18 @@ def stop_reason(s: Session, epoch: int, started: float) -> str | None:
 
 
 def finish(s: Session, log) -> None:
-    """The model's after-training work (the VQ-VAE's code prior), for the last weights and the best ones."""
-    if s.state is None or not s.world.main:   # what follows writes files: process 0's work
+    """The model's after-training work (the VQ-VAE's code prior), for the last weights and the best ones: after this
+    call's training, or on a resume of a run stopped before that work was saved. The checkpoints say it is pending
+    until the last one of them is written, so a run stopped in between is finished by its next resume and refused by
+    eval, sample and the rest meanwhile."""
+    if not s.world.main or (s.state is None and not s.progress.after_training_pending):   # process 0 writes
         return
-    tcfg = s.config.train
-    if not s.model.after_training(s.train, tcfg, log):
+    tcfg, finished = s.config.train, s.state["epoch"] if s.state is not None else s.progress.start
+    if s.state is None:
+        log(f"{s.run_dir} stopped before its model's work after training was saved: doing it now")
+    if not s.model.after_training(s.train, tcfg, log) and not s.progress.after_training_pending:
         return
-    save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
-    if s.progress.best_epoch == s.state["epoch"]:
+    if s.progress.best_epoch == finished:
         save_best(s.run_dir, s.model, s.progress.best_epoch)
     elif s.progress.best_epoch:
         best = build_model(s.config.model).to(s.model.device)
@@ -505,3 +511,5 @@ def finish(s: Session, log) -> None:
         log(f"the same for the best weights (epoch {s.progress.best_epoch}):")
         best.after_training(s.train, tcfg, log)
         save_best(s.run_dir, best, s.progress.best_epoch)
+    s.state = _state(s, finished, pending=False)   # last: until it is written, a resume does all of the above again
+    save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)

@@ -27,6 +27,7 @@ class Progress:
     precision: str | None = None      # what the run trains in (auto's choice when it started: a resume never switches)
     ahead_of_time: bool | None = None  # whether its steps so far came from the step built ahead of time (None: none yet)
     position: dict | None = None      # mid-epoch: where the epoch stands (step, sums, epoch_rng)
+    after_training_pending: bool = False   # the model's work after training (a code prior) is not saved yet
 
     def state(self, finished_epochs: int, generator: torch.Generator, position: dict | None = None) -> dict:
         """The trainer state a checkpoint holds after `finished_epochs` (and, mid-epoch, `position`: the steps taken
@@ -34,7 +35,8 @@ class Progress:
         tensors = {"torch_rng": torch.get_rng_state(), "data_rng": generator.get_state().cpu()}
         state = {"epoch": finished_epochs, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
                  "lr_scale": self.lr_scale, "skipped": self.skipped, "rollbacks": self.rollbacks,
-                 "bad_in_a_row": self.bad_in_a_row, "precision": self.precision,
+                 "bad_in_a_row": self.bad_in_a_row, "after_training_pending": self.after_training_pending,
+                 "precision": self.precision,
                  "ahead_of_time": bool(self.ahead_of_time), "tensors": tensors}
         if position is not None:
             state.update(step=position["step"], sums=position["sums"])
@@ -56,4 +58,5 @@ class Progress:
         return cls(start=state["epoch"], best_loss=state.get("best_loss", math.inf), best_epoch=state.get("best_epoch", 0),
                    lr_scale=state.get("lr_scale", 1.0), skipped=state.get("skipped", 0), rollbacks=state.get("rollbacks", 0),
                    bad_in_a_row=state.get("bad_in_a_row", 0), precision=state.get("precision"),
+                   after_training_pending=bool(state.get("after_training_pending", False)),
                    ahead_of_time=bool(state.get("ahead_of_time")) if took_steps else None, position=position)
