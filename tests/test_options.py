@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import synthetic_splits
 from vaekit import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, fit, resolve
@@ -123,3 +124,49 @@ def test_run_commands_take_an_options_object_or_its_fields_as_keywords():
         with pytest.raises(ConfigError, match=f"^nll: not an option of {cls}; its options are "):
             call("no-such-run", nll=5)   # refused before anything is read
     assert {f for f in SampleOptions.__dataclass_fields__} >= {"n", "out", "label", "checkpoint"}
+
+
+def _whole_number_fields():
+    """(section class, field, flag or None) for every whole-number field of the run config, tuples included."""
+    import typing
+
+    from vaekit.config.schema import MAX_INT
+    out = []
+    for section in SECTIONS.values():
+        hints = typing.get_type_hints(section)
+        for f in dataclasses.fields(section):
+            if "int" in str(hints[f.name]) and "bool" not in str(hints[f.name]):
+                flag = (f.metadata.get("flag") or "--" + f.name.replace("_", "-")) if f.metadata.get("cli", True) else None
+                out.append(pytest.param(section, f.name, flag, f.metadata.get("maximum") or MAX_INT, id=f.name))
+    return out
+
+
+@pytest.mark.parametrize("section,name,flag,maximum", _whole_number_fields())
+def test_every_whole_number_has_a_bound_the_machine_can_meet(tmp_path, capsys, section, name, flag, maximum):
+    """One past the field's maximum, and a 23-digit number, are one-line errors from Python, a --config file and the
+    command line alike (before: overflow tracebacks, or runs without end)."""
+    import json
+
+    hint = str(__import__("typing").get_type_hints(section)[name])
+    for too_big in (maximum + 1, 99999999999999999999999):
+        value = [[1, too_big]] if name == "batch_growth" else [too_big] if "tuple" in hint else too_big
+        with pytest.raises(ConfigError, match=rf"^{name}=.* is impossible \({section.__name__}\.{name}.*use at most {maximum:,}$"):
+            section(**{name: value})
+        part = {"ModelConfig": "model", "DataConfig": "data", "TrainConfig": "train"}[section.__name__]
+        (tmp_path / "c.json").write_text(json.dumps({part: {name: value}}))
+        assert main(["train", "--config", str(tmp_path / "c.json"), "--run-dir", str(tmp_path / "r")]) == 2
+        if flag is not None:
+            values = ["1", str(too_big)] if name == "batch_growth" else [str(too_big)]
+            assert main(["train", "--run-dir", str(tmp_path / "r"), "--data", "digits", flag, *values]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err and all(line.startswith("vaekit: error: ") and "use at most" in line for line in err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_likelihood_estimate_has_a_bound():
+    from vaekit import Dataset, build_model, log_likelihood
+    from vaekit.evaluation.evaluate import MAX_K
+    model = build_model(ModelConfig(latent_dim=2, hidden_dims=(4,), input_shape=(1, 2, 2)))
+    for k in (MAX_K + 1, 10**23):
+        with pytest.raises(ConfigError, match="is impossible: use at most 1,000,000"):
+            log_likelihood(model, Dataset(torch.rand(3, 1, 2, 2)), k=k)

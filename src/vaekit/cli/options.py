@@ -45,6 +45,8 @@ def help_text(f: dataclasses.Field) -> str:
         else:
             shown = "none" if default is None else f"{default:g}" if isinstance(default, float) else str(default)
     names = f" (one of: {', '.join(REGISTRIES[meta['choices']])})" if meta.get("choices") else ""   # read, not kept
+    if meta.get("maximum"):
+        names += f" (at most {meta['maximum']:,})"
     return f"{meta['help']}{names} (default: {shown})".replace("%", "%%")   # argparse formats help with %
 
 

@@ -35,19 +35,24 @@ NLL_PRECISIONS = (*PRECISIONS, "int8")   # the estimate also has int8 products (
 COMPILE_MODES = ("auto", "on", "off")
 CHECKPOINTS = ("last", "best")               # which weights eval / sample / plot load
 MAX_IMAGE_SIZE = 4096                        # --image-size: 4096 x 4096 x 3 floats is 200 MB per image already
+MAX_INT = 2**31 - 1                          # any whole-number field without a maximum of its own
+MAX_WIDTH = 65_536                           # a layer's width, a latent size, a codebook: far beyond one machine's use
+MAX_EPOCHS = 100_000                         # the IWAE paper's schedule is 3,280 epochs
 
 
 def option(default, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), metavar=None,
            default_text: str | None = None, cli: bool = True, append: bool = False, default_factory=None,
-           choices: str | None = None, resumable: bool = False, shapes_step: bool = True):
+           choices: str | None = None, resumable: bool = False, shapes_step: bool = True, maximum: int | None = None):
     """A config field with its command-line help. flag: the option name (default --field-name); default_text:
     what the help prints as the default (default: the value itself); cli=False: filled in by vaekit, no flag;
     append: a repeatable flag (a tuple of pairs); choices: the registry whose names the field takes (its help lists
     them, read from the registry: vaekit.registry.choices); resumable: a resumed run may change it; shapes_step=False:
     it only schedules the run (or says where data is) and does not enter the compiled training step's graph, so the
-    step built ahead of time is shared across its values."""
+    step built ahead of time is shared across its values; maximum: the largest whole number it takes (each element of a
+    tuple; default MAX_INT), what one machine can meet: the CLI, --config files and Python are held to it alike."""
     meta = {"help": help, "flag": flag, "aliases": aliases, "metavar": metavar, "default_text": default_text, "cli": cli,
-            "append": append, "choices": choices, "resumable": resumable, "shapes_step": shapes_step}
+            "append": append, "choices": choices, "resumable": resumable, "shapes_step": shapes_step,
+            "maximum": maximum}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -112,6 +117,24 @@ def _accepts(hint, value) -> bool:
     return True
 
 
+def _short(value) -> str:
+    """A number as an error may print it (a 5,000-digit integer is not printable in Python 3.11, and not readable)."""
+    if isinstance(value, int) and abs(value) >= 10**15:
+        return f"a {value.bit_length()}-bit number"
+    return repr(value)
+
+
+def check_bounds(section: type, cfg) -> None:
+    """Every whole number of `cfg` (and of its tuples) is at most its field's maximum (metadata; default MAX_INT)."""
+    for f in dataclasses.fields(section):
+        value, maximum = getattr(cfg, f.name), f.metadata.get("maximum") or MAX_INT
+        seq = (tuple, list)   # lists from JSON or Python, before __post_init__ makes them tuples
+        numbers = [v for v in (value if isinstance(value, seq) else (value,)) for v in (v if isinstance(v, seq) else (v,))]
+        if any(isinstance(v, int) and not isinstance(v, bool) and v > maximum for v in numbers):
+            shown = _short(max(v for v in numbers if isinstance(v, int)))
+            raise ConfigError(f"{f.name}={shown} is impossible ({field_ref(section, f.name)}): use at most {maximum:,}")
+
+
 def check_types(section: type, cfg) -> None:
     """Each field holds a value of its annotated type: a config.json edited by hand (2.5 for an int, a string
     for a number, NaN) is a one-line error, not a crash later."""
@@ -142,10 +165,10 @@ def _check_positive(section: type, cfg, name: str, allow_zero: bool = False, opt
 @dataclass(frozen=True)
 class ModelConfig:
     model: str = option("vae", "the model; see `vaekit list`", choices="models")
-    input_shape: tuple[int, ...] = option((1, 28, 28), "(C, H, W), filled in from the data", cli=False)
-    latent_dim: int = option(20, "size of z (vqvae with the mlp: the number of codes)")
+    input_shape: tuple[int, ...] = option((1, 28, 28), "(C, H, W), filled in from the data", cli=False, maximum=2**24)
+    latent_dim: int = option(20, "size of z (vqvae with the mlp: the number of codes)", maximum=MAX_WIDTH)
     hidden_dims: tuple[int, ...] = option((400,), "encoder layer widths (conv: channel widths of stride-2 convs); "
-                                          "the decoder mirrors them", flag="--hidden", metavar="N")
+                                          "the decoder mirrors them", flag="--hidden", metavar="N", maximum=MAX_WIDTH)
     activation: str = option("relu", "the nonlinearity of the encoder and decoder bodies", choices="activations")
     arch: str = option("mlp", "the encoder and decoder bodies (conv: for images of any C x H x W, --hidden then gives "
                                         "channel widths)", choices="architectures")
@@ -156,21 +179,22 @@ class ModelConfig:
     obs_std: float = option(0.1, "gaussian likelihoods: sigma (gaussian-learned: its starting value)")
     prior: str = option("standard", "p(z); see `vaekit list`", choices="priors")
     prior_components: int | None = option(None, "mog: mixture components; vamp: pseudo-inputs", metavar="K",
-                                          default_text="mog 10, vamp 500")
+                                          default_text="mog 10, vamp 500", maximum=100_000)
     posterior: str = option("gaussian", "q(z|x); see `vaekit list`", choices="posteriors")
     upper_latent_dims: tuple[int, ...] = option((50,), "hvae: sizes of the stochastic layers above z_1 (latent_dim)",
-                                                flag="--upper-latent", metavar="N")
+                                                flag="--upper-latent", metavar="N", maximum=MAX_WIDTH)
     upper_hidden_dims: tuple[int, ...] = option((50, 50), "hvae: widths of the layers between two stochastic layers",
-                                                flag="--upper-hidden", metavar="N")
-    flow_steps: int = option(2, "iaf: flow steps after the Gaussian")
-    flow_hidden: int = option(256, "iaf: width of each step's autoregressive network")
-    num_classes: int = option(0, "cvae: label classes, filled in from the data", cli=False)
-    codebook_size: int = option(128, "vqvae: K, the codes in the codebook", metavar="K")
-    code_dim: int = option(8, "vqvae: E, the numbers per code", metavar="E")
+                                                flag="--upper-hidden", metavar="N", maximum=MAX_WIDTH)
+    flow_steps: int = option(2, "iaf: flow steps after the Gaussian", maximum=64)
+    flow_hidden: int = option(256, "iaf: width of each step's autoregressive network", maximum=MAX_WIDTH)
+    num_classes: int = option(0, "cvae: label classes, filled in from the data", cli=False, maximum=100_000)
+    codebook_size: int = option(128, "vqvae: K, the codes in the codebook", metavar="K", maximum=MAX_WIDTH)
+    code_dim: int = option(8, "vqvae: E, the numbers per code", metavar="E", maximum=MAX_WIDTH)
     codebook_ema: bool = option(False, "vqvae: move the codes by exponential moving averages (decay 0.99)")
 
     def __post_init__(self):
         check_types(ModelConfig, self)
+        check_bounds(ModelConfig, self)
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
         for name in ("hidden_dims", "upper_latent_dims", "upper_hidden_dims"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -202,6 +226,7 @@ class DataConfig:
 
     def __post_init__(self):
         check_types(DataConfig, self)
+        check_bounds(DataConfig, self)
         _check_choice(DataConfig, self, "pixels", PIXEL_MODES)
         _check_positive(DataConfig, self, "val_size", allow_zero=True, optional=True)
         _check_positive(DataConfig, self, "limit", optional=True)
@@ -227,13 +252,13 @@ class TrainConfig:
     capacity_epochs: float = option(10.0, "loss capacity: epochs for C to rise from 0 to C_max")
     gamma: float = option(1000.0, "loss capacity: weight of |KL - C|")
     commitment: float = option(0.25, "loss vq: weight of the commitment term ||z_e - sg(e)||^2")
-    prior_epochs: int = option(10, "vqvae: epochs of the autoregressive code prior fitted after training", shapes_step=False)
+    prior_epochs: int = option(10, "vqvae: epochs of the autoregressive code prior fitted after training", shapes_step=False, maximum=MAX_EPOCHS)
     mc_samples: int = option(1, "samples of z per example: L for elbo, k for iwae", flag="--mc-samples",
-                             aliases=("-L", "--k"))
+                             aliases=("-L", "--k"), maximum=100_000)
     kl: str = option("auto", "KL estimator: analytic (closed form), mc (log q(z|x) - log p(z) on the same samples) "
                      "or auto (closed form where the prior has one)")
-    epochs: int = option(10, "total epochs", resumable=True, shapes_step=False)
-    batch_size: int = option(128, "examples per optimiser step", shapes_step=False)
+    epochs: int = option(10, "total epochs", resumable=True, shapes_step=False, maximum=MAX_EPOCHS)
+    batch_size: int = option(128, "examples per optimiser step", shapes_step=False, maximum=2**24)
     batch_growth: tuple[tuple[int, int], ...] = option(
         (), "from epoch EPOCH (counting from 0) on, SIZE examples per step instead; repeatable, in increasing epochs. "
         "A larger batch quiets the gradient as a lower lr would (Smith et al. 2018) and runs faster per image",
@@ -244,18 +269,20 @@ class TrainConfig:
     lr_warmup_epochs: float = option(0.0, "the learning rate rises linearly from 0 over this many epochs, then follows "
                                      "its schedule", shapes_step=False)
     schedule: str = option("joint", "joint, or alternating (variational EM: E-steps on the encoder, M-steps on the decoder)")
-    e_steps: int = option(1, "alternating: encoder steps (E-step) per round")
-    m_steps: int = option(1, "alternating: decoder steps (M-step) per round")
+    e_steps: int = option(1, "alternating: encoder steps (E-step) per round", maximum=1_000_000)
+    m_steps: int = option(1, "alternating: decoder steps (M-step) per round", maximum=1_000_000)
     adam_eps: float = option(1e-8, "Adam epsilon (the IWAE paper: 1e-4)")
     max_minutes: float | None = option(None, "stop after the epoch in which this invocation has trained this long "
                                        "(a budget per invocation; --resume may change it)", resumable=True, shapes_step=False)
-    early_stop: int | None = option(None, "stop after N epochs without a better validation loss", metavar="N", resumable=True, shapes_step=False)
+    early_stop: int | None = option(None, "stop after N epochs without a better validation loss", metavar="N",
+                                    resumable=True, shapes_step=False, maximum=MAX_EPOCHS)
     checkpoint_every: float = option(5.0, "minutes between mid-epoch checkpoints (a kill loses at most this much)",
                                      metavar="MINUTES", resumable=True, shapes_step=False)
-    seed: int = option(0, "seed of the weights, the shuffling and the binarisation", shapes_step=False)
+    seed: int = option(0, "seed of the weights, the shuffling and the binarisation", shapes_step=False, maximum=2**32 - 1)
     device: str = option("auto", "auto, cpu or cuda", resumable=True, shapes_step=False)
     threads: int | None = option(None, "CPU threads for training", metavar="N",
-                                 default_text="the CPUs of this process that are idle when training starts", resumable=True, shapes_step=False)
+                                 default_text="the CPUs of this process that are idle when training starts",
+                                 resumable=True, shapes_step=False, maximum=4096)
     precision: str = option("auto", "auto (bf16 autocast where this machine runs it faster; measured once and cached), "
                             "fp32 or bf16; weights and sums stay fp32")
     compile: str = option("auto", "compile the training step (forward, backward and Adam as one graph where it can): "
@@ -269,6 +296,7 @@ class TrainConfig:
             object.__setattr__(self, "batch_growth", tuple(tuple(p) if isinstance(p, (list, tuple)) else p
                                                            for p in self.batch_growth))
         check_types(TrainConfig, self)
+        check_bounds(TrainConfig, self)
         epochs_from = [e for e, _ in self.batch_growth]
         if any(e < 1 for e in epochs_from) or epochs_from != sorted(set(epochs_from)):
             raise impossible(TrainConfig, "batch_growth", self.batch_growth, "its epochs must be 1 or more and increasing "

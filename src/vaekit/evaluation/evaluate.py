@@ -50,6 +50,9 @@ def evaluate(model, ds: Dataset, train_cfg: TrainConfig, batch_size: int = 1000,
     return {**means, "neg_elbo": means["recon"] + means["kl"]}
 
 
+MAX_K = 1_000_000   # importance samples per example: 200x the papers' 5,000, a day of CPU for MNIST's test set
+
+
 @torch.no_grad()
 def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = None, batch_size: int | None = None,
                    precision: str = "fp32", max_rows: int = 2_500, compile: bool | None = None) -> dict:
@@ -75,6 +78,9 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
     """
     if k < 1:
         raise ConfigError(f"k={k} is impossible: use at least one importance sample")
+    if k > MAX_K:
+        raise ConfigError(f"--nll-k {k:,} is impossible: use at most {MAX_K:,} importance samples per example (papers use "
+                          "5,000)" if k < 10**15 else f"--nll-k of {k.bit_length()} bits is impossible: use at most {MAX_K:,}")
     if len(ds) == 0:
         raise ConfigError("there are no examples to estimate log p(x) on")
     chunk = min(k, chunk_size or max(1, max_rows // IMAGES_PER_CALL))
