@@ -149,7 +149,7 @@ CASES = [
     ("resume nowhere", ["train", "--resume", "{t}/nowhere"], None, "does not exist"),
     ("resume foreign folder", ["train", "--resume", "{t}/mine"], _folder_with("notes.txt"), "no config.json"),
     ("latent 1e7 text", ["train", "--run-dir", "{t}/r", "--latent-dim", "1e7"], None, "invalid int value"),
-    ("latent ten million", ["train", "--run-dir", "{t}/r", "--latent-dim", "10000000", *TINY[:2]], None, "not enough memory"),
+    ("latent ten million", ["train", "--run-dir", "{t}/r", "--latent-dim", "10000000", *TINY[:2]], None, "use at most 65,536"),
     ("latent 0", ["train", "--run-dir", "{t}/r", "--latent-dim", "0", *TINY[:2]], None, "latent_dim=0 is impossible"),
     ("lr negative", ["train", "--run-dir", "{t}/r", "--lr", "-1", *TINY[:2]], None, "lr=-1.0 is impossible"),
     ("lr nan", ["train", "--run-dir", "{t}/r", "--lr", "nan", *TINY[:2]], None,
@@ -545,3 +545,36 @@ def test_a_vq_vae_stopped_while_fitting_its_code_prior_is_refused_then_finished_
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert evaluate_run(tmp_path / "stopped")["codes"] == evaluate_run(tmp_path / "whole")["codes"]
+
+
+def test_the_temporary_folders_of_a_killed_export_or_prepare_are_removed_by_the_next(tmp_path):
+    """Before, a SIGKILL during `vaekit export` or `vaekit prepare` left its hidden temporary folder beside OUT for
+    good (the atomic files already cleaned up after their killed writers)."""
+    from vaekit import prepare
+    from vaekit.data.sources.arrays import Arrays
+    from vaekit.files import new_folder
+    dead = 2**22 + 12345   # beyond Linux's largest pid: no process has it
+    for left in (f".export.{dead}.k3j2.tmp", f".data.{dead}.tmp"):
+        (tmp_path / left).mkdir()
+        (tmp_path / left / "half.onnx").write_bytes(b"half")
+    alive = tmp_path / f".export.{os.getppid()}.x7.tmp"   # a writer still at work: left alone
+    alive.mkdir()
+    with new_folder(tmp_path / "export", "export") as tmp:
+        (tmp / "encoder.onnx").write_bytes(b"x")
+    images = np.zeros((4, 1, 2, 2), dtype=np.uint8)
+    prepare(Arrays(images, None, images, None, scale=255.0), tmp_path / "data", "tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", "data", alive.name])
+
+
+def test_running_out_of_memory_is_one_line_and_leaves_no_run(tmp_path, monkeypatch, capsys):
+    """The sizes that used to exhaust memory are refused by their bounds now; the handler of a real MemoryError stays:
+    one line, nothing left behind."""
+    from vaekit.training import fit as fit_module
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(fit_module, "build_model", no_memory)
+    assert main(["train", "--run-dir", str(tmp_path / "r"), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vaekit: error: not enough memory")
+    assert not (tmp_path / "r").exists()

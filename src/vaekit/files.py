@@ -48,10 +48,10 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _remove_orphans(path: Path) -> None:
-    """Temporary files of `path` left by writers that were killed (their process is gone): removed, so a
-    SIGKILL during a write leaves nothing behind for good."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp$")
+def remove_orphans(path: Path) -> None:
+    """Temporary files and folders of `path` (.NAME.PID[.X].tmp) left by writers that were killed (their process is
+    gone): removed, so a SIGKILL during a write, an export or a prepare leaves nothing behind for good."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)(\.[^.]+)?\.tmp$")
     try:
         siblings = list(path.parent.iterdir())
     except OSError:
@@ -59,7 +59,10 @@ def _remove_orphans(path: Path) -> None:
     for sibling in siblings:
         m = pattern.match(sibling.name)
         if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
-            sibling.unlink(missing_ok=True)
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -75,7 +78,7 @@ def _alive(pid: int) -> bool:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically: readers see the old file or the whole new one, never a part."""
     path = Path(path)
-    _remove_orphans(path)
+    remove_orphans(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -103,7 +106,8 @@ def new_folder(out: str | os.PathLike, what: str):
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty; choose a new folder for the {what}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    remove_orphans(out)   # the temporary folders of a killed export of the same OUT
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
         if out.exists():

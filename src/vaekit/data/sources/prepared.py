@@ -20,7 +20,7 @@ import torch
 
 from ...config.schema import DataConfig
 from ...errors import DataError
-from ...files import atomic_write_text
+from ...files import atomic_write_text, remove_orphans
 from .arrays import Arrays
 
 META = "meta.json"
@@ -129,6 +129,7 @@ def prepare(a: Arrays, out: Path, name: str) -> dict:
     if out.exists():
         raise DataError(f"{out} already exists; give vaekit prepare a new folder")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    remove_orphans(out)   # the temporary folders of a killed prepare of the same OUT
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
