@@ -86,3 +86,28 @@ def test_bad_folders_and_the_command_line(tmp_path, run, capsys):
     assert main(["export", str(run.run_dir), "--push-to", "a/b", "--out", str(tmp_path / "x")]) != 0
     err = capsys.readouterr().err
     assert "--format hf" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_shared_folders_hold_no_path_of_this_machine(tmp_path):
+    """What save_pretrained writes (and push_to_hub uploads) and export's side file name no folder of the machine the
+    run was trained on: before, config.json held the data file's absolute path and the dataset cache, and
+    vaekit-onnx.json the run's absolute path."""
+    import numpy as np
+
+    from vaekit import export_onnx
+    secret = tmp_path / "home" / "someone" / "private"
+    secret.mkdir(parents=True)
+    np.save(secret / "faces.npy", (np.random.default_rng(0).random((60, 1, 4, 4)) * 255).astype(np.uint8))
+    config = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(8,)),
+                       DataConfig("npy", path=str(secret / "faces.npy"), data_dir=str(secret), val_size=0),
+                       TrainConfig(epochs=1, precision="fp32", compile="off"))
+    fit(config, secret / "run", progress=False, log=lambda line: None)
+    save_pretrained(secret / "run", tmp_path / "shared")
+    export_onnx(secret / "run", tmp_path / "onnx")
+    for path in [*(tmp_path / "shared").iterdir(), tmp_path / "onnx" / "vaekit-onnx.json"]:
+        if path.suffix in (".json", ".md"):
+            assert "someone" not in path.read_text(), path.name
+    import json
+    assert json.loads((tmp_path / "shared" / "config.json").read_text())["data"]["path"] == "faces.npy"   # its name
+    assert from_pretrained(tmp_path / "shared").config.latent_dim == 2

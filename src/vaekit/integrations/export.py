@@ -130,7 +130,8 @@ def export_onnx(run: str | Path, out: str | Path, checkpoint: str = "last", log=
     (x_in, z_in), (x_check, z_check) = _example_inputs(model, 2), _example_inputs(model, 3)
     extra = ["y"] if model.conditional else []
     parts = {"encoder": (x_in, x_check, ["x", *extra]), "decoder": (z_in, z_check, ["z", *extra])}
-    description = {"run": str(Path(run).resolve()), "epoch": epoch, "model": config.model.model,
+    # the run's name, not its path: the side file says nothing about this machine
+    description = {"run": Path(run).resolve().name, "epoch": epoch, "model": config.model.model,
                    "likelihood": config.model.likelihood, "input_shape": list(config.model.input_shape),
                    "latent_dim": config.model.latent_dim, "num_classes": config.model.num_classes,
                    "prior": prior_description(model), "tolerance": TOLERANCE}

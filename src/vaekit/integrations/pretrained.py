@@ -11,6 +11,7 @@ pip install 'vaekit[hub]'.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -38,7 +39,7 @@ def save_pretrained(run: str | Path, out: str | Path, checkpoint: str = "last") 
         save_file(weights, tmp / WEIGHTS, {"format": FORMAT, "epoch": str(epoch), "model": config.model.model,
                                             "folder": "pretrained"})
         os.chmod(tmp / WEIGHTS, file_mode())
-        config.save(tmp / CONFIG)
+        atomic_write_text(tmp / CONFIG, json.dumps(shareable(config), indent=2) + "\n")
         with torch.random.fork_rng():
             torch.manual_seed(0)
             images = model.generate(64)
@@ -46,6 +47,15 @@ def save_pretrained(run: str | Path, out: str | Path, checkpoint: str = "last") 
             save_png(image_grid(images.float().cpu()), tmp / SAMPLES, scale=2)
         atomic_write_text(tmp / CARD, model_card(Path(run), config, epoch, (tmp / SAMPLES).exists()))
     return Path(out)
+
+
+def shareable(config: RunConfig) -> dict:
+    """The run's config as a folder to share holds it: nothing about the machine it was trained on (the data file's
+    folder, the dataset cache), only the data file's name."""
+    d = config.to_dict()
+    d["data"]["path"] = Path(d["data"]["path"]).name if d["data"]["path"] else None
+    d["data"]["data_dir"] = None
+    return d
 
 
 def model_card(run: Path, config: RunConfig, epoch: int, samples: bool) -> str:
