@@ -501,6 +501,9 @@ def finish(s: Session, log) -> None:
     tcfg, finished = s.config.train, s.state["epoch"] if s.state is not None else s.progress.start
     if s.state is None:
         log(f"{s.run_dir} stopped before its model's work after training was saved: doing it now")
+    # the trainer state as the epochs left it (its RNG streams before the work below), so that a later resume with
+    # more epochs goes on from where training stood
+    state = s.state if s.state is not None else _state(s, finished)
     if not s.model.after_training(s.train, tcfg, log) and not s.progress.after_training_pending:
         return
     if s.progress.best_epoch == finished:
@@ -511,5 +514,5 @@ def finish(s: Session, log) -> None:
         log(f"the same for the best weights (epoch {s.progress.best_epoch}):")
         best.after_training(s.train, tcfg, log)
         save_best(s.run_dir, best, s.progress.best_epoch)
-    s.state = _state(s, finished, pending=False)   # last: until it is written, a resume does all of the above again
+    s.state = {**state, "after_training_pending": False}   # last: until it is written, a resume does all the above again
     save_checkpoint(s.run_dir, s.model, s.optimizer, s.state)
