@@ -173,6 +173,8 @@ def test_a_failure_in_one_process_stops_them_all_with_one_line(tmp_path):
 def test_nproc_and_run_dir_errors(tmp_path, capsys):
     assert main(["train", "--nproc", "0", *TINY]) == 2
     assert "--nproc 0 is impossible" in capsys.readouterr().err
+    assert main(["train", "--nproc", str(os.cpu_count() + 1), *TINY, "--device", "cpu"]) == 2   # 64 left 41 waiting
+    assert "CPUs this process may use: use at most" in capsys.readouterr().err
     r = _vaekit(*TINY, env_extra={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
     assert r.returncode == 2 and "pass --run-dir" in r.stderr
 
@@ -215,3 +217,76 @@ def test_every_variant_s_rows_add_up_to_the_whole_batch(name, loss, prior, poste
     for p, g in zip(model.parameters(), expected, strict=True):
         # float32 rounding, scaled by the gradient's size (the capacity loss multiplies it by gamma = 1000)
         torch.testing.assert_close(p.grad / 2, g, rtol=1e-4, atol=1e-6 * max(1.0, g.abs().max().item()))
+
+
+def _processes_of(run) -> dict[int, str]:
+    """pid -> command line of the processes whose command line names `run`."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(run) in cmdline:
+                found[int(entry)] = cmdline
+    return found
+
+
+def _start_long_run(run):
+    proc = subprocess.Popen([sys.executable, "-m", "vaekit", "train", "--nproc", "2", "--run-dir", str(run), *TINY,
+                             "--epochs", "100000"], env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not read_metrics(run):   # an epoch done: training
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()
+    return proc
+
+
+def _gone_within(run, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _processes_of(run):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("killed", ["launcher", "command"])
+def test_no_training_process_outlives_a_killed_launcher(tmp_path, killed):
+    """SIGKILL to `vaekit train --nproc 2` or to its launcher used to leave the training processes waiting for it
+    (with --nproc 64, 41 of them for 9 minutes); now each gets SIGTERM from the kernel when its parent dies."""
+    run = tmp_path / "run"
+    proc = _start_long_run(run)
+    launcher = [pid for pid, cmd in _processes_of(run).items() if "vaekit.training.launch" in cmd]
+    assert len(launcher) == 1
+    try:
+        os.kill(launcher[0] if killed == "launcher" else proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert _gone_within(run, 30), _processes_of(run)
+    finally:
+        for pid in _processes_of(run):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.subprocess
+def test_the_death_of_one_process_is_one_line_from_the_other(tmp_path):
+    """A training process killed: the other's collective fails in gloo, which was a 33-41-line traceback."""
+    run = tmp_path / "run"
+    proc = _start_long_run(run)
+    workers = sorted(pid for pid, cmd in _processes_of(run).items() if "-m vaekit train" in cmd and "--nproc" not in cmd)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "another training process stopped" in lines[0] and "--resume" in lines[0], err
+    assert main(["train", "--resume", str(run), "--epochs", str(len(read_metrics(run)) + 1), "--no-progress",
+                 "--no-report"]) == 0

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from vaekit.cli.main import main
@@ -40,9 +40,10 @@ if fault.startswith('enospc:'):
     builtins.open = full
     import safetensors.torch as st
     real_save = st.save_file
+    from safetensors import SafetensorError
     def save_file(tensors, filename, metadata=None):
-        if os.path.basename(str(filename)).startswith(name):
-            raise OSError(errno.ENOSPC, 'No space left on device', str(filename))
+        if os.path.basename(str(filename)).startswith(name):   # what safetensors raises on a full disk
+            raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')
         return real_save(tensors, filename, metadata)
     st.save_file = save_file
     import vaekit.store.checkpoint as ck
@@ -116,6 +117,36 @@ def _config_edit(change):
         change(c)
         (run / "config.json").write_text(json.dumps(c))
     return edit
+
+
+def _config_text(change):
+    def edit(run: Path) -> None:
+        (run / "config.json").write_text(change((run / "config.json").read_text()))
+    return edit
+
+
+def _edit_safetensors(run: Path, name: str, change) -> None:
+    path = run / "checkpoint" / name
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    change(tensors, meta)
+    save_file(tensors, str(path), meta)
+
+
+def _bool_weights(run: Path) -> None:
+    """A weight file of the right names and shapes whose first tensor is bool: loading used to cast it to 0s and 1s."""
+    def change(tensors, meta):
+        first = next(iter(tensors))
+        tensors[first] = tensors[first] > 0
+    _edit_safetensors(run, "model.safetensors", change)
+
+
+def _damaged_trainer(run: Path) -> None:
+    _edit_safetensors(run, "trainer.safetensors", lambda tensors, meta: meta.update(state=meta["state"][:40]))
+
+
+def _deep_trainer(run: Path) -> None:
+    _edit_safetensors(run, "trainer.safetensors", lambda tensors, meta: meta.update(state="[" * 100_000 + "]" * 100_000))
 
 
 def _write(name: str, content):
@@ -199,10 +230,30 @@ CASES = [
     ("disk full: metrics append", ["train", "--resume", "{run}", "--epochs", "2"], None, "the disk is full"),
     ("disk full: checkpoint", ["train", "--resume", "{run}", "--epochs", "2"], None, "the disk is full"),
     ("disk full: report", ["report", "{run}"], None, "the disk is full"),
+    ("disk full: export hf", ["export", "{run}", "--format", "hf", "--out", "{t}/hf"], None, "the disk is full"),
+    ("config of a huge model", ["eval", "{run}"], _config_edit(lambda c: c["model"].update(hidden_dims=[60000] * 3)),
+     "parameters"),
+    ("config huge input shape", ["sample", "{run}", "--out", "{t}/s.png"],
+     _config_edit(lambda c: c["model"].update(input_shape=[3, 4096, 4096])), "parameters"),
+    ("config flow steps 1e6", ["eval", "{run}"], _config_edit(lambda c: c["model"].update(posterior="iaf", flow_steps=10**6)),
+     "use at most 64"),
+    ("config 5000 digits", ["eval", "{run}"], _config_text(lambda t: t.replace('"latent_dim": 2', '"latent_dim": 1' + "0" * 5000)),
+     "more than 4,300 digits"),
+    ("config nested deeply", ["eval", "{run}"], _config_text(lambda t: "[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    ("config section nested deeply", ["train", "--resume", "{run}", "--epochs", "2"],
+     _config_text(lambda t: '{"model": ' + "[" * 100_000 + "]" * 100_000 + "}"), "nested too deeply"),
+    ("input shape changed", ["eval", "{run}"], _config_edit(lambda c: c["model"].update(input_shape=[1, 9, 9])), "do not fit"),
+    ("bool weights", ["eval", "{run}"], _bool_weights, "is torch.bool, the model holds torch.float32"),
+    ("trainer state damaged", ["train", "--resume", "{run}", "--epochs", "2"], _damaged_trainer, "trainer state"),
+    ("trainer state nested deeply", ["train", "--resume", "{run}", "--epochs", "2"], _deep_trainer, "nested too deeply"),
+    ("max parameters zero", ["eval", "{run}", "--max-parameters", "0"], None, "--max-parameters 0 is impossible"),
 ]
 FAULTS = {"disk full: metrics append": "enospc:metrics.jsonl", "disk full: checkpoint": "enospc:model.safetensors",
-          "disk full: report": "enospc-tmp:.report.html"}
-TARGETS_RUN = {"epoch meta abc", "epoch meta missing", "nan weights eval", "nan weights sample", "nan weights plot",
+          "disk full: report": "enospc-tmp:.report.html", "disk full: export hf": "enospc:model.safetensors"}
+TARGETS_RUN = {"config of a huge model", "config huge input shape", "config flow steps 1e6", "config 5000 digits",
+               "config nested deeply", "config section nested deeply", "input shape changed", "bool weights",
+               "trainer state damaged", "trainer state nested deeply",
+               "epoch meta abc", "epoch meta missing", "nan weights eval", "nan weights sample", "nan weights plot",
                "nan weights report", "truncated weights", "checkpoint replaced by a file", "data_dir of config.json"}
 
 
@@ -222,8 +273,11 @@ def inject(monkeypatch, fault: str) -> None:
             return real_open(path, mode, *a, **k)
         monkeypatch.setattr(builtins, "open", opener)
         real_save = checkpoint.save_file
-        monkeypatch.setattr(checkpoint, "save_file", lambda t, f, m=None: full(f) if os.path.basename(str(f)).startswith(name)
-                            else real_save(t, f, m))
+        def save_full(t, f, m=None):   # safetensors reports a full disk as its own error, not OSError
+            if os.path.basename(str(f)).startswith(name):
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+            return real_save(t, f, m)
+        monkeypatch.setattr(checkpoint, "save_file", save_full)
     elif kind == "enospc-tmp":
         real_mkstemp = tempfile.mkstemp
         monkeypatch.setattr(tempfile, "mkstemp", lambda *a, **k: full(k.get("prefix")) if str(k.get("prefix", "")).startswith(name)
@@ -578,3 +632,82 @@ def test_running_out_of_memory_is_one_line_and_leaves_no_run(tmp_path, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vaekit: error: not enough memory")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs, where this test may mount one (root on Linux); elsewhere the injected cases above stand in."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; the injected full-disk cases cover it")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A file that takes all of disk's free space but `leave` bytes."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+@pytest.mark.slow
+def test_a_really_full_disk_is_one_line_and_the_last_checkpoint_stays(tmp_path, small_disk, capsys):
+    """safetensors reports a full disk as SafetensorError, not OSError: it used to end the run with a traceback and
+    leave its part-written .checkpoint.tmp/ taking the space. Here the disk is really full (a tmpfs): the checkpoint
+    (about 300 KB) does not fit, the metrics line does."""
+    run = small_disk / "run"
+    assert main(["train", "--run-dir", str(run), *TINY[:4], "--hidden", "256", "--epochs", "1", "--no-progress",
+                 "--no-report"]) == 0
+    before = snapshot(run / "checkpoint")
+    filler = _fill(small_disk, leave=64 * 1024)
+    code, err = run_main(["train", "--resume", str(run), "--epochs", "2", "--no-progress", "--no-report"], capsys)
+    assert code == 2 and "the disk is full" in err and len(err.strip().splitlines()) == 1, err
+    assert snapshot(run / "checkpoint") == before and not (run / ".checkpoint.tmp").exists()
+    code, err = run_main(["export", str(run), "--format", "hf", "--out", str(small_disk / "hf")], capsys)
+    assert code == 2 and "the disk is full" in err and len(err.strip().splitlines()) == 1, err
+    assert not (small_disk / "hf").exists() and not list(small_disk.glob(".hf.*"))
+    filler.unlink()
+    assert main(["eval", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress", "--no-report"]) == 0
+
+
+def test_a_reader_that_meets_a_checkpoint_swap_reads_the_new_checkpoint(tmp_path, trained, monkeypatch):
+    """Between choosing checkpoint/ and opening its file a trainer may swap it (checkpoint/ -> .checkpoint.old/, the new
+    one in, the old one removed): the reader used to call the run corrupt; now it chooses again."""
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    os.replace(run / "checkpoint", run / ".checkpoint.old")      # the trainer is between its two renames...
+    shutil.copytree(run / ".checkpoint.old", run / ".checkpoint.tmp")
+    real_read, swaps = checkpoint._read, []
+
+    def read_while_swapping(path):
+        if not swaps:   # ... and finishes the swap just as the reader opens the old folder's file
+            swaps.append(path)
+            os.replace(run / ".checkpoint.tmp", run / "checkpoint")
+            shutil.rmtree(run / ".checkpoint.old")
+        return real_read(path)
+    monkeypatch.setattr(checkpoint, "_read", read_while_swapping)
+    model, config, epoch = checkpoint.load_model(run)
+    assert epoch == 1 and swaps and ".checkpoint.old" in str(swaps[0])
+    (run / "checkpoint" / "model.safetensors").unlink()   # a folder that stands still, with its file gone: no retries
+    with pytest.raises(checkpoint.CheckpointError, match="is missing"):
+        checkpoint.load_model(run)
+
+
+def test_max_parameters_refuses_and_allows(tmp_path, capsys, monkeypatch):
+    """The parameter count is taken from the config on the meta device before anything is built: a model above the
+    limit is refused in one line from train (and from every command that loads one), and --max-parameters allows it."""
+    from vaekit import ModelConfig
+    from vaekit.models.family import LIMIT_VARIABLE, parameter_count
+    config = ModelConfig(input_shape=(1, 8, 8), latent_dim=2, hidden_dims=(16,))
+    assert parameter_count(config) == sum(p.numel() for p in __import__("vaekit").build_model(config).parameters())
+    monkeypatch.delenv(LIMIT_VARIABLE, raising=False)
+    code, err = run_main(["train", "--run-dir", str(tmp_path / "r"), *TINY, "--max-parameters", "1000"], capsys)
+    assert code == 2 and "more than the limit of 1,000" in err and not (tmp_path / "r").exists()
+    assert main(["train", "--run-dir", str(tmp_path / "r"), *TINY, "--max-parameters", "100000"]) == 0
+    code, err = run_main(["eval", str(tmp_path / "r"), "--max-parameters", "1000"], capsys)
+    assert code == 2 and "parameters" in err

@@ -26,6 +26,7 @@ def test_a_saved_folder_loads_bit_identical_weights_and_evaluates_the_same(tmp_p
     assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "README.md", "samples.png"}
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: vaekit") and "vaekit train --config config.json" in card
+    assert card.count("\n- vae\n") == 1 and "\n- digits\n" in card   # the model is a vae: its tag once
     model = from_pretrained(folder)
     for (name, a), b in zip(run.model.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -71,6 +72,20 @@ def test_a_repo_id_is_downloaded_with_huggingface_hub(tmp_path, run, monkeypatch
     assert asked["repo_id"] == "someone/mnist-vae" and "model.safetensors" in asked["allow_patterns"]
     assert not any(p.endswith((".py", ".bin", ".pkl")) for p in asked["allow_patterns"])
     assert torch.equal(next(iter(model.state_dict().values())), next(iter(run.model.state_dict().values())))
+
+
+def test_a_repo_that_cannot_be_downloaded_is_one_vaekit_error(monkeypatch):
+    """Offline, huggingface_hub raises its own LocalEntryNotFoundError (an OSError with a 3-line message): it used to
+    reach a Python caller as such."""
+    hub = pytest.importorskip("huggingface_hub", reason="the hub extra is not installed: pip install 'vaekit[hub]'")
+
+    def offline(*a, **k):
+        raise hub.errors.LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub.\n"
+                                                 "Please check your internet connection and try again.")
+    monkeypatch.setattr(hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="cannot download someone/mnist-vae from the Hugging Face hub") as e:
+        from_pretrained("someone/mnist-vae")
+    assert "\n" not in str(e.value)
 
 
 def test_bad_folders_and_the_command_line(tmp_path, run, capsys):

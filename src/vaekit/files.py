@@ -9,9 +9,11 @@ Checkpoints, data downloads, figures, reports and config.json all go through her
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -73,6 +75,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def parse_json(text: str | bytes):
+    """json.loads for text from outside (a run folder, a model folder, a request): every way it can fail is a
+    ValueError, the too-deep nesting that the decoder reports as RecursionError included (a 5,000-digit number
+    already is one: Python's int limit)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to be read") from None
+    except ValueError as e:
+        if "integer string conversion" in str(e):   # its own text advises sys.set_int_max_str_digits(): not for users
+            raise ValueError(f"it holds a whole number of more than {sys.get_int_max_str_digits():,} digits") from None
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .files import atomic_write_text
+from .files import atomic_write_text, parse_json
 from .torch_private import int_mm
 
 
@@ -86,7 +86,7 @@ def _measured_once(name: str, flags: tuple[str, ...], fast: torch.dtype, slow: t
     # bf16's answer keeps the key it had before int8 was measured too, so earlier caches stay valid
     path, key = cache_dir() / "precision.json", _machine_key(cpuinfo) + ("" if name == "bf16" else f":{name}")
     try:
-        cached = json.loads(path.read_text())
+        cached = parse_json(path.read_text())
     except (OSError, ValueError):
         cached = {}
     if not isinstance(cached, dict):
@@ -202,8 +202,7 @@ def resolve_threads(requested: int | None, device: torch.device, idle: float | N
     the choice did not change a single bit of the trained weights (1 vs 2 threads, fp32 and bf16)."""
     if requested is not None:
         return requested
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    allowed = max(1, allowed // share)
+    allowed = max(1, usable_cpus() // share)
     if device.type != "cpu":
         return min(allowed, torch.get_num_threads())
     idle = idle_cpus() if idle == -1.0 else idle   # -1: measure now
@@ -211,6 +210,19 @@ def resolve_threads(requested: int | None, device: torch.device, idle: float | N
         return min(allowed, torch.get_num_threads())
     # +0.25: a core 75% idle counts as free
     return max(1, min(allowed, torch.get_num_threads(), round(idle / share + 0.25)))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, as taskset or a container sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def most_processes(device: str) -> tuple[int, str]:
+    """(the most training processes this machine runs at once, what bounds them): one per GPU where training runs on
+    CUDA, else one per usable CPU (more share cores and only wait on each other)."""
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.device_count(), "GPUs"
+    return usable_cpus(), "CPUs this process may use"
 
 
 def _import_dynamo() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import errno
 import json
@@ -25,16 +26,17 @@ from ..config.schema import CHECKPOINTS, DEVICES, NLL_PRECISIONS, PRECISIONS, Da
 from ..data.dataset import data_root
 from ..data.sources import SOURCES, Arrays
 from ..data.sources.prepared import prepare
-from ..distributed import AnotherProcessFailed, from_environment, stop
+from ..distributed import AnotherProcessFailed, die_with_parent, from_environment, lost_a_process, stop
 from ..errors import VaekitError
 from ..evaluation.evaluate import EvalOptions, evaluate_run
+from ..models.family import LIMIT_VARIABLE, MAX_PARAMETERS
 from ..outputs.demo import run_demo
 from ..outputs.plots import PlotOptions, compare_runs, plot_run
 from ..outputs.plots.render import ALIASES, KINDS
 from ..outputs.report import write_report
 from ..outputs.sampling import SampleOptions, sample_run
 from ..registry import list_components, registries
-from ..runtime import cpu_int8_is_faster
+from ..runtime import cpu_int8_is_faster, most_processes
 from ..store.checkpoint import has_checkpoint, load_config
 from ..training.fit import Interrupted, fit
 from .options import add_config_flags, add_dataclass_flags, config_from_args, given
@@ -50,6 +52,9 @@ class Parser(argparse.ArgumentParser):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="on an error, also print its details (e.g. the mirrors tried)")
+    p.add_argument("--max-parameters", type=int, metavar="N", help="refuse to build a model of more than N weights "
+                   f"and buffers, counted from its config before anything is allocated (default: {MAX_PARAMETERS:,}, "
+                   f"or ${LIMIT_VARIABLE})")
 
 
 def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
@@ -191,15 +196,31 @@ def _add_figure_commands(sub) -> None:
 def _train(args) -> int:
     if args.nproc is not None and args.nproc < 1:
         raise VaekitError(f"--nproc {args.nproc} is impossible: train with at least 1 process")
+    if args.nproc is not None and args.nproc > 1:
+        most, what = most_processes(getattr(args, "train.device", None) or "auto")
+        if args.nproc > most:
+            raise VaekitError(f"--nproc {args.nproc} is more than the {most} {what}: use at most {most} (several "
+                              "machines: run torchrun -m vaekit train on each)")
     if args.nproc is not None and args.nproc > 1 and not from_environment().distributed:
         argv = list(args.argv)
         if not args.resume and not args.run_dir:   # the processes must agree on the default name: chosen here
             argv += ["--run-dir", str(_default_run_dir(_new_config(args)))]
         return _launch(args.nproc, argv)
     world = from_environment()
+    if world.distributed:
+        die_with_parent()   # the launcher killed: this process stops too, rather than wait for it for good
     try:
         code = _train_here(args, world)
-    except BaseException:
+    except BaseException as e:
+        lost = lost_a_process(e) if world.distributed else None
+        if lost is not None:
+            # the group cannot be left cleanly with a process gone; the launcher's SIGTERM that follows must not
+            # turn this line into "interrupted"
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            run = args.resume or args.run_dir
+            raise VaekitError(f"process {world.rank}: another training process stopped ({str(lost).splitlines()[0].split('] ')[-1][:80]}); "
+                              f"the run is kept at its last checkpoint: continue with `vaekit train --resume {run}`") from None
         stop(world, clean=False)
         raise
     stop(world)
@@ -426,9 +447,30 @@ def _main_process() -> bool:
         return True
 
 
+@contextlib.contextmanager
+def _parameter_limit(n: int | None):
+    """--max-parameters N: $VAEKIT_MAX_PARAMETERS for the command (and the training processes it starts), restored
+    after it (main() may run in a caller's process)."""
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise VaekitError(f"--max-parameters {n} is impossible: give a number of parameters >= 1")
+    before = os.environ.get(LIMIT_VARIABLE)
+    os.environ[LIMIT_VARIABLE] = str(n)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(LIMIT_VARIABLE, None)
+        else:
+            os.environ[LIMIT_VARIABLE] = before
+
+
 def _run(args, terminated: list) -> int:
     try:
-        return COMMANDS[args.command](args)
+        with _parameter_limit(args.max_parameters):
+            return COMMANDS[args.command](args)
     except AnotherProcessFailed:
         return 2   # that process has printed the reason
     except VaekitError as e:

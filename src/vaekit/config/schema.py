@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, parse_json
 
 PIXEL_MODES = ("grey", "dynamic", "static")  # grey in [0,1]; Bernoulli draw per epoch; one fixed draw
 KL_MODES = ("auto", "analytic", "mc")        # auto: closed form where the prior has one, else Monte Carlo
@@ -348,9 +348,9 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from None
+            return cls.from_dict(parse_json(Path(path).read_text()))
+        except (OSError, ValueError) as e:   # UnicodeDecodeError and JSON's errors are ValueErrors
+            raise ConfigError(f"cannot read config {path} ({e}); pass a config.json vaekit wrote") from None
 
 
 def _build(kind, values: dict):

@@ -17,6 +17,7 @@ from importlib import resources
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
+from ..files import parse_json
 from .views import MAX_ABS_Z, MAX_BATCH, MAX_STEPS, RequestError, RunView
 
 MAX_BODY = 256 * 1024   # bytes of a request body: 256 codes of 50 numbers fit ten times over
@@ -159,8 +160,8 @@ class Handler(BaseHTTPRequestHandler):
         if kind != "application/json":
             raise RequestError("send the body as Content-Type: application/json", HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
         try:
-            request = json.loads(body)
-        except (ValueError, RecursionError) as e:
+            request = parse_json(body)
+        except ValueError as e:
             raise RequestError(f"the body is not JSON: {str(e)[:100]}") from None
         if not isinstance(request, dict):
             raise RequestError("the body must be a JSON object, e.g. {\"run\": 0, ...}")

@@ -12,19 +12,17 @@ pip install 'vaekit[hub]'.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..config.schema import RunConfig
-from ..errors import CheckpointError, ConfigError
-from ..files import atomic_write_text, file_mode, new_folder
+from ..errors import CheckpointError, ConfigError, in_one_line
+from ..files import atomic_write_text, new_folder
 from ..models.family import build_model
 from ..outputs.images import image_grid, save_png
-from ..store.checkpoint import FORMAT, _read, check_finite, has_checkpoint, load_model
+from ..store.checkpoint import FORMAT, _read, check_finite, has_checkpoint, load_model, load_state, save_tensors
 from ..store.metrics import read_metrics
 
 WEIGHTS, CONFIG, CARD, SAMPLES = "model.safetensors", "config.json", "README.md", "samples.png"
@@ -36,9 +34,8 @@ def save_pretrained(run: str | Path, out: str | Path, checkpoint: str = "last") 
     model, config, epoch = load_model(Path(run), "cpu", checkpoint)
     with new_folder(out, "model") as tmp:
         weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, tmp / WEIGHTS, {"format": FORMAT, "epoch": str(epoch), "model": config.model.model,
-                                            "folder": "pretrained"})
-        os.chmod(tmp / WEIGHTS, file_mode())
+        save_tensors(weights, tmp / WEIGHTS, {"format": FORMAT, "epoch": str(epoch), "model": config.model.model,
+                                              "folder": "pretrained"})
         atomic_write_text(tmp / CONFIG, json.dumps(shareable(config), indent=2) + "\n")
         with torch.random.fork_rng():
             torch.manual_seed(0)
@@ -63,12 +60,11 @@ def model_card(run: Path, config: RunConfig, epoch: int, samples: bool) -> str:
     last = metrics[-1] if metrics else {}
     numbers = "\n".join(f"| {k} | {v:.4g} |" for k, v in last.items() if isinstance(v, float))
     m = config.model
+    tags = "\n".join(f"- {tag}" for tag in dict.fromkeys(("vae", m.model, config.data.source)))   # each once
     return f"""---
 library_name: vaekit
 tags:
-- vae
-- {m.model}
-- {config.data.source}
+{tags}
 ---
 
 # {m.model} on {config.data.source}
@@ -112,17 +108,20 @@ def from_pretrained(source: str | Path, device: str = "cpu", revision: str | Non
     if not folder.is_dir():
         if str(source).count("/") != 1 or str(source).startswith((".", "/")):
             raise CheckpointError(f"{source} is neither a folder nor a hub repo id (owner/name)")
-        folder = Path(_hub().snapshot_download(str(source), revision=revision, allow_patterns=list(FILES)))
+        hub = _hub()
+        try:
+            folder = Path(hub.snapshot_download(str(source), revision=revision, allow_patterns=list(FILES)))
+        except Exception as e:   # offline, an unknown or private repo, a bad revision: huggingface_hub's many errors
+            raise CheckpointError(f"cannot download {source} from the Hugging Face hub ({in_one_line(e, 100)}); check "
+                                  "the repo id, the revision and the connection (private repos: huggingface-cli login), "
+                                  "or pass a local folder") from None
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         raise CheckpointError(f"{folder} has no {CONFIG} and {WEIGHTS}; pass a folder vaekit.save_pretrained wrote, "
                               "or a run directory")
     config = RunConfig.load(folder / CONFIG)   # JSON, never executed
     model = build_model(config.model)
     tensors, _ = _read(folder / WEIGHTS)   # safetensors with vaekit's marker, else a one-line error
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise CheckpointError(f"the weights in {folder} do not fit its {CONFIG} ({str(e).splitlines()[-1].strip()})") from None
+    load_state(model, tensors, folder, CONFIG)
     check_finite(model, folder)
     model.run_config = config
     return model.to(device).eval()

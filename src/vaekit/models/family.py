@@ -6,6 +6,8 @@ vaekit.models.objectives, not a new class here.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -433,5 +435,34 @@ def model_class(name: str) -> type[LatentModel]:
         raise unknown(ModelConfig, "model", name, MODELS) from None
 
 
+MAX_PARAMETERS = 1_000_000_000   # 4 GB of fp32 weights, 16 GB to train with Adam: what a large workstation holds
+LIMIT_VARIABLE = "VAEKIT_MAX_PARAMETERS"   # the limit, where a user raises it (--max-parameters sets it)
+
+
+def parameter_limit() -> int:
+    """The most numbers (weights and buffers) a model may hold: $VAEKIT_MAX_PARAMETERS, else MAX_PARAMETERS."""
+    text = os.environ.get(LIMIT_VARIABLE, "").strip()
+    if not text:
+        return MAX_PARAMETERS
+    if not text.isdigit() or len(text) > 18 or int(text) < 1:
+        raise ConfigError(f"{LIMIT_VARIABLE}={text[:30]!r} is impossible: give a whole number of parameters, e.g. 2000000000")
+    return int(text)
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """The numbers (weights and buffers) the model of `config` holds, counted on torch's meta device: nothing is
+    allocated and nothing computed, so a config asking for billions of weights is priced before it is built."""
+    with torch.device("meta"):
+        model = model_class(config.model)(config)
+    return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+
+
 def build_model(config: ModelConfig) -> LatentModel:
+    """The model of `config`, refused in one line when it would hold more than parameter_limit() numbers (a config
+    from an untrusted run or model folder must not take the machine's memory, or hours, before it is refused)."""
+    count, limit = parameter_count(config), parameter_limit()
+    if count > limit:
+        raise ConfigError(f"this {config.model} would hold {count:,} parameters ({count * 4 / 1e9:,.1f} GB in fp32), more "
+                          f"than the limit of {limit:,}: check its sizes (--hidden, --latent-dim, the input shape), or "
+                          f"raise the limit with --max-parameters N (Python: ${LIMIT_VARIABLE})")
     return model_class(config.model)(config)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -18,7 +20,7 @@ from safetensors.torch import save_file
 
 from ..config.schema import CHECKPOINTS, RunConfig
 from ..errors import CheckpointError, ConfigError, VaekitError
-from ..files import file_mode, fsync_dir, fsync_file
+from ..files import file_mode, fsync_dir, fsync_file, parse_json
 from ..models.family import build_model
 from ..runtime import resolve_device
 
@@ -44,10 +46,12 @@ def _write_folder(run_dir: Path, name: str, files: dict[str, tuple[dict, dict]])
     tmp, final, old = run_dir / f".{name}.tmp", run_dir / name, run_dir / f".{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for file_name, (tensors, meta) in files.items():
-        save_file(tensors, tmp / file_name, meta)
-        os.chmod(tmp / file_name, file_mode())   # safetensors creates files 0600; the usual mode is 0644
-        fsync_file(tmp / file_name)
+    try:
+        for file_name, (tensors, meta) in files.items():
+            save_tensors(tensors, tmp / file_name, meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)   # a part-written folder must not keep the space a full disk lacks
+        raise
     fsync_dir(tmp)
     if final.is_dir():
         shutil.rmtree(old, ignore_errors=True)
@@ -55,6 +59,21 @@ def _write_folder(run_dir: Path, name: str, files: dict[str, tuple[dict, dict]])
     os.replace(tmp, final)
     fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    """safetensors' save_file, then the usual file mode (it creates 0600) and an fsync. Its I/O failures are raised
+    as the OSError they are (safetensors reports a full disk as SafetensorError "... (os error 28)"), so the CLI
+    says "the disk is full" as for every other write."""
+    try:
+        save_file(tensors, path, meta)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+    os.chmod(path, file_mode())
+    fsync_file(path)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -108,6 +127,33 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointError(f"{path} is corrupt or unreadable ({e}); resume from another run or retrain") from None
 
 
+SWAP_TRIES = 20   # a swap is two renames and a removal: microseconds; 20 tries 50 ms apart outlast a slow disk
+
+
+def _read_newest(run_dir: Path, checkpoint: str, file_name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """_read of FILE in the newest complete folder of `checkpoint`. A trainer may swap that folder (checkpoint/ ->
+    .checkpoint.old, the new one in, the old one removed) between the moment it is chosen and the moment it is
+    opened: when the folder read is then no longer there as it was, it is chosen again, rather than called corrupt."""
+    for attempt in range(SWAP_TRIES):
+        folder = _weights_dir(run_dir, checkpoint)
+        identity = _identity(folder)
+        try:
+            return _read(folder / file_name)
+        except CheckpointError:
+            if attempt == SWAP_TRIES - 1 or _identity(folder) == identity:
+                raise   # the folder stood still: the file itself is missing or broken
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def load_config(run_dir: Path) -> RunConfig:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -117,7 +163,8 @@ def load_config(run_dir: Path) -> RunConfig:
     try:
         return RunConfig.load(run_dir / "config.json")
     except VaekitError as e:
-        raise CheckpointError(f"{run_dir / 'config.json'}: {e}") from None
+        where = str(run_dir / "config.json")
+        raise CheckpointError(str(e) if where in str(e) else f"{where}: {e}") from None
 
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu", checkpoint: str = "last"):
@@ -146,16 +193,27 @@ def _weights_dir(run_dir: Path, checkpoint: str) -> Path:
 def load_weights(run_dir: Path, model: torch.nn.Module, checkpoint: str = "last", finished_only: bool = False) -> int:
     """Load the checkpoint's weights into `model` in place; return the epoch they are from. finished_only: refuse
     weights whose model's work after training is pending (a run stopped before it was saved, or still training)."""
-    tensors, meta = _read(_weights_dir(run_dir, checkpoint) / "model.safetensors")
+    tensors, meta = _read_newest(run_dir, checkpoint, "model.safetensors")
     if finished_only and meta.get("after_training") == "pending":
         raise CheckpointError(f"{run_dir} has no finished model yet: its work after training (a VQ-VAE's code prior) "
                               f"was not saved; finish it with `vaekit train --resume {run_dir}` (or wait for it to end)")
+    load_state(model, tensors, run_dir, "config.json")
+    return _epoch(meta, run_dir)
+
+
+def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where, config_name: str) -> None:
+    """Load `tensors` into `model` in place, or refuse in one line: names or shapes that do not fit its config, and
+    tensors of another dtype (load_state_dict would cast bool or int weights silently)."""
+    own = model.state_dict()
+    cast = next((k for k, t in tensors.items() if k in own and t.dtype != own[k].dtype), None)
+    if cast is not None:
+        raise CheckpointError(f"the weights in {where} are not the model's: {cast} is {tensors[cast].dtype}, the model "
+                              f"holds {own[cast].dtype}; was the file altered? Export it again from its run")
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"the weights in {run_dir} do not fit its config.json ({first}); was the config edited?") from None
-    return _epoch(meta, run_dir)
+        raise CheckpointError(f"the weights in {where} do not fit its {config_name} ({first}); was the config edited?") from None
 
 
 def _epoch(meta: dict, run_dir: Path) -> int:
@@ -179,10 +237,10 @@ def check_finite(model: torch.nn.Module, where) -> None:
 
 def load_trainer_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> dict:
     """Restore the optimiser in place and return the trainer state saved beside it."""
-    tensors, meta = _read(_checkpoint_dir(run_dir) / "trainer.safetensors")
+    tensors, meta = _read_newest(run_dir, "last", "trainer.safetensors")
     try:
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["optimizer"])))
-        state = json.loads(meta["state"])
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, parse_json(meta["optimizer"])))
+        state = parse_json(meta["state"])
         if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
             raise ValueError("no epoch in the trainer state")
     except (KeyError, ValueError, TypeError, RuntimeError) as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, parse_json
 
 METRICS = "metrics.jsonl"
 # keys of a record that are not numbers to print as extras (the rest of val_* beyond the loss terms are)
@@ -25,7 +25,7 @@ def read_metrics(run_dir: Path, upto: int | None = None, log=None) -> list[dict]
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = parse_json(line)
         except ValueError:
             row = None
         if isinstance(row, dict) and isinstance(row.get("epoch"), int) and not isinstance(row["epoch"], bool):

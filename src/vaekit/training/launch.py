@@ -14,6 +14,8 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from ..distributed import die_with_parent
+
 
 def launch(nproc: int, args: list[str]) -> int:
     for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
@@ -32,6 +34,7 @@ def launch(nproc: int, args: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    die_with_parent()   # `vaekit train --nproc` killed: this launcher stops, and stops its processes
     code = launch(int(sys.argv[1]), sys.argv[2:])
     sys.stdout.flush()
     sys.stderr.flush()

@@ -20,7 +20,7 @@ import torch
 
 from ...config.schema import DataConfig
 from ...errors import DataError
-from ...files import atomic_write_text, remove_orphans
+from ...files import atomic_write_text, parse_json, remove_orphans
 from .arrays import Arrays
 
 META = "meta.json"
@@ -96,7 +96,7 @@ class PreparedSource:
     def load(self, root: Path, download: bool = True, timeout: float = 30, cfg: DataConfig | None = None) -> Arrays:
         folder = _folder(cfg)
         try:
-            meta = json.loads((folder / META).read_text())
+            meta = parse_json((folder / META).read_text())
         except (OSError, ValueError) as e:
             raise DataError(f"{folder} is not a prepared data folder ({e}); make one with vaekit prepare") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
