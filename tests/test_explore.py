@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -312,6 +313,91 @@ def test_a_request_without_content_length_gets_411(clients):
     assert c.info()["runs"]
 
 
+def _exchange(c: Client, request: bytes, timeout: float = 10) -> tuple[int, dict, bytes]:
+    """Send raw bytes on a new connection; (status, headers, body) of the answer, read until the server closes."""
+    with socket.create_connection(c.server.server_address[:2], timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    return int(lines[0].split()[1]), dict(line.split(": ", 1) for line in lines[1:]), body
+
+
+def _request(method: str, host: str = "127.0.0.1", extra: str = "", body: bytes = b"") -> bytes:
+    return f"{method} /api/decode HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode() + body
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_get_405_json_with_the_security_headers(clients, method):
+    """They were answered by http.server's own 501 HTML page, without the security headers."""
+    status, headers, body = _exchange(clients("vae"), _request(method, extra="Content-Length: 2\r\n", body=b"{}"))
+    assert status == 405 and "takes GET" in json.loads(body)["error"]
+    assert headers["Content-Type"] == "application/json" and "default-src 'self'" in headers["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "1e3", "-1", "12, 12", "1" * 5000])
+def test_a_malformed_content_length_is_400(clients, length):
+    """'\u00b2' passed str.isdigit and made int() fail: a 500."""
+    extra = f"Content-Type: application/json\r\nContent-Length: {length}\r\n"
+    status, _, body = _exchange(clients("vae"), _request("POST", extra=extra, body=b"{}").replace(b"\xc2\xb2", b"\xb2"))
+    assert status == 400 and "Content-Length" in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize(("host", "allowed"), [("localhost:8765", True), ("LOCALHOST", True), ("[::1]:80", True),
+                                               ("[::1]", True), ("localhost:evil", False), ("localhost.evil.com", False),
+                                               ("evil.com@localhost", False), ("127.0.0.1:80:80", False)])
+def test_the_host_header_is_parsed_strictly(clients, host, allowed):
+    """'localhost:evil' passed the old check (it split at the last colon); '[::1]' was refused."""
+    status, _, _ = _exchange(clients("vae"), f"GET /api/info HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    assert status == (200 if allowed else 403)
+
+
+def test_two_host_headers_are_refused(clients):
+    request = b"GET /api/info HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    assert _exchange(clients("vae"), request)[0] == 403
+
+
+def test_open_connections_are_capped_and_slow_clients_cut_off(run_dirs, monkeypatch):
+    """About 1,020 idle connections used to stop the explorer answering anyone, and a client sending a byte every
+    few seconds held its connection for good. Now connections beyond the cap are answered 503 at once, and a request
+    must arrive whole within REQUEST_SECONDS."""
+    from vaekit.explore import server as server_module
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(server_module, "REQUEST_SECONDS", 1.5)
+    c = Client(run_dirs["vae"])
+    try:
+        idle = [socket.create_connection(c.server.server_address[:2], timeout=10) for _ in range(4)]
+        time.sleep(0.3)
+        status, headers, body = _exchange(c, b"GET /api/info HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert status == 503 and "open connections" in json.loads(body)["error"] and "Content-Security-Policy" in headers
+        slow = idle[0]
+        for byte in b"GET /api/info HTTP/1.1\r\n":   # a byte every 0.1 s: each read is quick, the whole is not
+            try:
+                slow.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        assert slow.recv(100) == b""   # cut off at the deadline
+        time.sleep(0.5)                # the idle ones too, and their slots are free again
+        assert all(s.recv(100) == b"" for s in idle[1:])
+        assert c.info()["runs"][0]["model"] == "vae"
+    finally:
+        c.close()
+
+
+def test_a_client_gone_mid_answer_prints_nothing(clients, capfd):
+    """socketserver's handle_error printed a 27-line traceback for a client that closed its connection early."""
+    server = clients("vae").server
+    for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "Connection reset by peer"), TimeoutError()):
+        try:
+            raise error
+        except OSError:
+            server.handle_error(None, ("127.0.0.1", 5555))
+    assert capfd.readouterr().err == ""
+
+
 def test_the_page_and_its_files_are_served_with_a_strict_content_policy(clients):
     c = clients("vae")
     for path, kind in [("/", "text/html"), ("/explore.js", "text/javascript"), ("/explore.css", "text/css")]:
@@ -473,6 +559,10 @@ def test_the_page_in_headless_chromium(clients, tmp_path):
             page.goto(c.url)
             page.wait_for_selector("body[data-ready='1']", timeout=30000)
             settle = lambda: (page.wait_for_timeout(50), page.wait_for_selector("body[data-pending='0']", timeout=30000))
+            # 0. before the first hover, an image with nothing to show is hidden, not a broken-image icon
+            visibility = "e => getComputedStyle(e).visibility"
+            assert page.get_attribute("#pointer-0", "src") is None
+            assert page.eval_on_selector("#pointer-0", visibility) == "hidden"
 
             # 1. the pointer moves across the plane: the decoded image under it changes, in both runs
             box = page.locator("#plane-0").bounding_box()
@@ -483,6 +573,7 @@ def test_the_page_in_headless_chromium(clients, tmp_path):
                 for k in seen:
                     seen[k].add(page.get_attribute(f"#pointer-{k}", "src"))
             assert all(len(s) == 4 for s in seen.values()), {k: len(s) for k, s in seen.items()}
+            assert page.eval_on_selector("#pointer-0", visibility) == "visible"
             # the VAE's plane shows its two dimensions with the highest KL; the pointer's image is the decoder's answer
             i, j = info[1]["order"][:2]
             u, v = (0.8 * 2 - 1) * extent, (0.8 * 2 - 1) * extent

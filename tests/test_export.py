@@ -101,6 +101,20 @@ def test_export_errors_are_one_line_and_write_nothing(tmp_path, digits, capsys):
     assert "exported" in capsys.readouterr().out and (tmp_path / "cli" / "decoder.onnx").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_the_export_command_prints_no_third_party_warnings(tmp_path, digits):
+    """torch.onnx logged 8 lines about torchvision (which vaekit does not use) and 2 FutureWarnings about its own
+    internals; a fresh interpreter, since Python shows each warning once per process."""
+    import subprocess
+    import sys
+    run = _run(tmp_path, digits, "vae")
+    r = subprocess.run([sys.executable, "-m", "vaekit", "export", str(run), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert [line.split(":")[0] for line in r.stdout.splitlines()] == ["encoder", "decoder", f"exported {run} to {tmp_path / 'o'}"]
+
+
 def test_without_the_extra_the_error_says_what_to_install(tmp_path, digits, monkeypatch):
     import builtins
 

@@ -204,7 +204,7 @@ CASES = [
     ("config missing", ["train", "--config", "{t}/none.json", "--run-dir", "{t}/r"], None, "cannot read config"),
     ("unknown model", ["train", "--run-dir", "{t}/r", "--model", "gan", *TINY[:2]], None, "model 'gan' is unknown"),
     ("mnist offline", ["train", "--run-dir", "{t}/r", "--data", "mnist", "--data-dir", "{t}/empty"], None, "mnist is not in"),
-    ("chunk size negative", ["eval", "{run}", "--nll-k", "10", "--chunk-size", "-5"], None, "--chunk-size -5 is impossible"),
+    ("chunk size negative", ["eval", "{run}", "--nll-k", "10", "--chunk-size", "-5"], None, "chunk_size=-5 (--chunk-size) is impossible"),
     ("nll k zero", ["eval", "{run}", "--nll-k", "0"], None, "k=0 is impossible"),
     ("bad split", ["eval", "{run}", "--split", "train"], None, "invalid choice"),
     ("epoch meta abc", ["eval", "{run}"], _epoch_meta("abc"), "no valid epoch"),
@@ -218,9 +218,9 @@ CASES = [
     ("checkpoint replaced by a file", ["eval", "{run}"],
      lambda run: (shutil.rmtree(run / "checkpoint"), (run / "checkpoint").write_text("x")), "holds no checkpoint"),
     ("too many samples", ["sample", "{run}", "-n", "100000000", "--out", "{t}/s.png"], None, "at most"),
-    ("nrow negative", ["sample", "{run}", "--nrow", "-3", "--out", "{t}/s.png"], None, "--nrow -3 is impossible"),
-    ("nrow zero", ["sample", "{run}", "--nrow", "0", "--out", "{t}/s.png"], None, "--nrow 0 is impossible"),
-    ("scale zero", ["sample", "{run}", "--scale", "0", "--out", "{t}/s.png"], None, "--scale 0 is impossible"),
+    ("nrow negative", ["sample", "{run}", "--nrow", "-3", "--out", "{t}/s.png"], None, "nrow=-3 is impossible (SampleOptions.nrow, --nrow)"),
+    ("nrow zero", ["sample", "{run}", "--nrow", "0", "--out", "{t}/s.png"], None, "nrow=0 is impossible (SampleOptions.nrow, --nrow)"),
+    ("scale zero", ["sample", "{run}", "--scale", "0", "--out", "{t}/s.png"], None, "scale=0 is impossible (SampleOptions.scale, --scale)"),
     ("sample out is a folder", ["sample", "{run}", "--out", "{t}"], None, "is a folder"),
     ("data_dir of config.json", ["eval", "{run}"],
      _config_edit(lambda c: c["data"].update(source="mnist", data_dir="/nonexistent/vaekit-data")), "downloading is off"),
@@ -711,3 +711,31 @@ def test_max_parameters_refuses_and_allows(tmp_path, capsys, monkeypatch):
     assert main(["train", "--run-dir", str(tmp_path / "r"), *TINY, "--max-parameters", "100000"]) == 0
     code, err = run_main(["eval", str(tmp_path / "r"), "--max-parameters", "1000"], capsys)
     assert code == 2 and "parameters" in err
+
+
+def test_sample_replaces_an_existing_file_only_with_force(tmp_path, trained, capsys):
+    """`vaekit sample` overwrote the user's file of the same name (samples.png by default) without a word."""
+    out = tmp_path / "samples.png"
+    out.write_bytes(b"the user's own picture")
+    code, err = run_main(["sample", str(trained / "run"), "--out", str(out)], capsys)
+    assert code == 2 and "exists; pass --force" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == b"the user's own picture"
+    assert main(["sample", str(trained / "run"), "--out", str(out), "--force"]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_errors_raised_in_python_name_the_python_argument(tmp_path, trained):
+    """A Python caller used to read '-n 0 is impossible' or '--chunk-size -5': the flag, not the keyword it passed."""
+    from vaekit import evaluate_run, sample_run
+    from vaekit.errors import ConfigError
+    run = trained / "run"
+    with pytest.raises(ConfigError, match=r"^n=0 is impossible \(SampleOptions\.n, -n\)"):
+        sample_run(run, n=0, out=tmp_path / "s.png")
+    with pytest.raises(ConfigError, match=r"^temperature=-1 is impossible \(SampleOptions\.temperature, --temperature\)"):
+        sample_run(run, temperature=-1, out=tmp_path / "s.png")
+    with pytest.raises(ConfigError, match=r"^label=3 \(--label\)"):
+        sample_run(run, label=3, out=tmp_path / "s.png", log=None)
+    with pytest.raises(ConfigError, match=r"^chunk_size=-5 \(--chunk-size\)"):
+        evaluate_run(run, nll_k=10, chunk_size=-5)
+    with pytest.raises(ConfigError, match=r"^checkpoint='nope' \(--checkpoint\)"):
+        checkpoint.load_model(run, checkpoint="nope")

@@ -214,12 +214,12 @@ def test_figures_are_reproducible_and_leave_the_global_rng_alone(runs, tmp_path)
 
 
 @pytest.mark.parametrize("options,message", [
-    (dict(z_range=(5, -5)), "--range 5 -5 is impossible"),
-    (dict(resolution=1), "--resolution 1 is impossible"),
-    (dict(temperature=0), "--temperature 0 is impossible"),
-    (dict(dims=(3, 3)), "--dims 3 3 is impossible"),
-    (dict(projection="umap"), "--projection 'umap' is impossible"),
-    (dict(dpi=5), "--dpi 5 is impossible"),
+    (dict(z_range=(5, -5)), r"z_range=\(5.0, -5.0\) is impossible \(PlotOptions.z_range, --range\)"),
+    (dict(resolution=1), r"resolution=1 is impossible \(PlotOptions.resolution, --resolution\)"),
+    (dict(temperature=0), r"temperature=0 is impossible \(PlotOptions.temperature, --temperature\)"),
+    (dict(dims=(3, 3)), r"dims=\(3, 3\) is impossible \(PlotOptions.dims, --dims\)"),
+    (dict(projection="umap"), r"projection='umap' is impossible \(PlotOptions.projection, --projection\)"),
+    (dict(dpi=5), r"dpi=5 is impossible \(PlotOptions.dpi, --dpi\)"),
 ])
 def test_impossible_options_are_refused(options, message):
     with pytest.raises(ConfigError, match=message):
@@ -229,7 +229,7 @@ def test_impossible_options_are_refused(options, message):
 @pytest.mark.parametrize("args,message", [
     (["plot", "{vae2}", "--kind", "bogus"], "figure kind 'bogus' is unknown"),
     (["plot", "{tmp}/nowhere"], "does not exist"),
-    (["plot", "{vae2}", "--range", "1", "1"], "--range 1 1 is impossible"),
+    (["plot", "{vae2}", "--range", "1", "1"], "z_range=(1.0, 1.0) is impossible (PlotOptions.z_range, --range)"),
     (["plot", "{vae10}", "--kind", "manifold", "--dims", "0", "12"], "vae10 has latent_dim=10"),
     (["plot", "{vae2}", "--kind", "interpolate", "--pair", "0", "5000"], "the test set of vae2 has 297 images"),
     (["compare", "{vae2}"], "compare needs at least two runs"),

@@ -69,6 +69,12 @@ def test_report_command_and_no_report_flag(trained, tmp_path, capsys):
     assert {k: im.size for k, im in embedded_pngs(out.read_text()).items()}["samples"] == (300, 330)
     assert main(["train", "--run-dir", str(tmp_path / "quiet"), "--no-report", *TINY]) == 0
     assert not (tmp_path / "quiet" / "report.html").exists()
+    epochs = TINY[TINY.index("--epochs") + 1]
+    # a resume keeps the run's --no-report (it used to write the report), unless it says --report
+    assert main(["train", "--resume", str(tmp_path / "quiet"), "--epochs", str(int(epochs) + 1)]) == 0
+    assert not (tmp_path / "quiet" / "report.html").exists()
+    assert main(["train", "--resume", str(tmp_path / "quiet"), "--epochs", str(int(epochs) + 2), "--report"]) == 0
+    assert (tmp_path / "quiet" / "report.html").exists()
 
 
 @pytest.mark.slow

@@ -58,3 +58,9 @@ __all__ = [
     # errors
     "VaekitError", "ConfigError", "DataError", "CheckpointError",
 ]
+
+# Installed plugins (entry points of the group vaekit.plugins) register their components now that every registry
+# exists: the command line and every later command on a run that uses them find them (vaekit.plugins).
+from .plugins import load_entry_points as _load_entry_points  # noqa: E402
+
+_load_entry_points()

@@ -169,8 +169,9 @@ def die_with_parent() -> None:
 
 
 def lost_a_process(e: BaseException | None) -> BaseException | None:
-    """The collective's failure, in `e` or the errors it was raised while handling, if `e` is one because another training process went away (killed, out of memory):
-    gloo and nccl report it as a RuntimeError naming themselves, or as one of torch.distributed's errors."""
+    """The failure of a collective because another training process went away (killed, out of memory), if `e` is
+    one or was raised while handling one; else None. gloo and nccl report it as a RuntimeError naming themselves, or
+    as one of torch.distributed's errors."""
     while e is not None:   # also an error raised while handling one (the launcher's SIGTERM during the clean-up)
         if isinstance(e, getattr(dist, "DistError", ())) or isinstance(e, RuntimeError) and any(
                 word in str(e) for word in ("gloo", "NCCL", "Connection reset", "Connection closed")):

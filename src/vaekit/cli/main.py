@@ -35,6 +35,7 @@ from ..outputs.plots import PlotOptions, compare_runs, plot_run
 from ..outputs.plots.render import ALIASES, KINDS
 from ..outputs.report import write_report
 from ..outputs.sampling import SampleOptions, sample_run
+from ..plugins import import_modules
 from ..registry import list_components, registries
 from ..runtime import cpu_int8_is_faster, most_processes
 from ..store.checkpoint import has_checkpoint, load_config
@@ -52,6 +53,9 @@ class Parser(argparse.ArgumentParser):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="on an error, also print its details (e.g. the mirrors tried)")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE", help="import MODULE first: your own "
+                   "components, registered as vaekit's are (repeatable; installed plugins, entry points of the group "
+                   "vaekit.plugins, need no flag)")
     p.add_argument("--max-parameters", type=int, metavar="N", help="refuse to build a model of more than N weights "
                    f"and buffers, counted from its config before anything is allocated (default: {MAX_PARAMETERS:,}, "
                    f"or ${LIMIT_VARIABLE})")
@@ -79,7 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", help=f"start from a named configuration: {', '.join(PRESETS)} (flags override it)")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="a progress bar (default: only when stderr is a terminal; else one line per epoch)")
-    tr.add_argument("--no-report", action="store_true", help="do not write RUN/report.html at the end")
     tr.add_argument("--tensorboard", action="store_true", help="also log each epoch to RUN/tensorboard/ (metrics, "
                     "samples, reconstructions, the posterior means' histogram); needs pip install 'vaekit[tensorboard]'")
     _common(tr)
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG (default: 2)")
     sa.add_argument("--device", default="auto", choices=DEVICES, help="where to compute (default: auto)")
     sa.add_argument("--label", type=int, help="conditional models (cvae): draw this class (default: every class in turn)")
+    sa.add_argument("--force", action="store_true", help="replace --out if it exists (default: an existing file is refused)")
     _checkpoint_flag(sa)
     _common(sa)
 
@@ -276,7 +280,7 @@ def _train_here(args, world) -> int:
             fit(config, run_dir, progress=args.progress, hooks=_hooks(args, run_dir, world))
     if not world.main:
         return 0
-    if not args.no_report:
+    if config.train.report:   # the run's own choice (its config.json), unless this command gave --report/--no-report
         write_report(run_dir)
     print(f"run saved in {run_dir}")
     return 0
@@ -470,6 +474,7 @@ def _parameter_limit(n: int | None):
 def _run(args, terminated: list) -> int:
     try:
         with _parameter_limit(args.max_parameters):
+            import_modules(args.imports)
             return COMMANDS[args.command](args)
     except AnotherProcessFailed:
         return 2   # that process has printed the reason

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import atomic_write_text, parse_json
+from ..plugins import MODULE_NAME
 
 PIXEL_MODES = ("grey", "dynamic", "static")  # grey in [0,1]; Bernoulli draw per epoch; one fixed draw
 KL_MODES = ("auto", "analytic", "mc")        # auto: closed form where the prior has one, else Monte Carlo
@@ -38,6 +39,7 @@ MAX_IMAGE_SIZE = 4096                        # --image-size: 4096 x 4096 x 3 flo
 MAX_INT = 2**31 - 1                          # any whole-number field without a maximum of its own
 MAX_WIDTH = 65_536                           # a layer's width, a latent size, a codebook: far beyond one machine's use
 MAX_EPOCHS = 100_000                         # the IWAE paper's schedule is 3,280 epochs
+MAX_PLUGINS = 64
 
 
 def option(default, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), metavar=None,
@@ -283,6 +285,9 @@ class TrainConfig:
     threads: int | None = option(None, "CPU threads for training", metavar="N",
                                  default_text="the CPUs of this process that are idle when training starts",
                                  resumable=True, shapes_step=False, maximum=4096)
+    report: bool = option(True, "vaekit train: write RUN/report.html when training ends (--no-report: do not; a "
+                          "resumed run keeps the choice). fit() from Python leaves the report to write_report(RUN)",
+                          resumable=True, shapes_step=False)
     precision: str = option("auto", "auto (bf16 autocast where this machine runs it faster; measured once and cached), "
                             "fp32 or bf16; weights and sums stay fp32")
     compile: str = option("auto", "compile the training step (forward, backward and Adam as one graph where it can): "
@@ -331,16 +336,27 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    plugins: tuple[str, ...] = ()   # the modules of users' own components the run uses (vaekit.plugins), filled in by fit
+
+    def __post_init__(self):
+        plugins = self.plugins
+        if not isinstance(plugins, (list, tuple)) or len(plugins) > MAX_PLUGINS or not all(
+                isinstance(m, str) and MODULE_NAME.fullmatch(m) for m in plugins):
+            raise ConfigError(f"plugins={_short(plugins)} is impossible: a list of at most {MAX_PLUGINS} module names")
+        object.__setattr__(self, "plugins", tuple(plugins))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["plugins"]:
+            del d["plugins"]   # the config.json of a run of vaekit's own components is as it always was
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        if not isinstance(d, dict) or set(d) - set(SECTIONS) or any(v is None for v in d.values()):
+        if not isinstance(d, dict) or set(d) - {*SECTIONS, "plugins"} or any(v is None for v in d.values()):
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise ConfigError(f"a run config has the sections {', '.join(SECTIONS)}; got {got}")
-        return cls(**{k: _build(SECTIONS[k], d.get(k, {})) for k in SECTIONS})
+            raise ConfigError(f"a run config has the sections {', '.join(SECTIONS)} (and plugins); got {got}")
+        return cls(**{k: _build(SECTIONS[k], d.get(k, {})) for k in SECTIONS}, plugins=d.get("plugins", ()))
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")

@@ -79,14 +79,14 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
     if k < 1:
         raise ConfigError(f"k={k} is impossible: use at least one importance sample")
     if k > MAX_K:
-        raise ConfigError(f"--nll-k {k:,} is impossible: use at most {MAX_K:,} importance samples per example (papers use "
-                          "5,000)" if k < 10**15 else f"--nll-k of {k.bit_length()} bits is impossible: use at most {MAX_K:,}")
+        raise ConfigError(f"k={k:,} (--nll-k) is impossible: use at most {MAX_K:,} importance samples per example (papers "
+                          "use 5,000)" if k < 10**15 else f"k (--nll-k) of {k.bit_length()} bits is impossible: use at most {MAX_K:,}")
     if len(ds) == 0:
         raise ConfigError("there are no examples to estimate log p(x) on")
     chunk = min(k, chunk_size or max(1, max_rows // IMAGES_PER_CALL))
     batch_size = batch_size or max(1, max_rows // chunk)
     if chunk_size is not None and chunk_size < 1:
-        raise ConfigError(f"--chunk-size {chunk_size} is impossible: hold at least one sample per image at a time")
+        raise ConfigError(f"chunk_size={chunk_size} (--chunk-size) is impossible: hold at least one sample per image at a time")
     was_training, t0 = model.training, time.perf_counter()   # the time includes compiling
     model.eval()
     compiled = (len(ds) * k >= 10**7 or precision == "int8") if compile is None else compile
@@ -224,7 +224,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **fiel
     dev = resolve_device(o.device)
     model, config, epoch = load_model(run_dir, dev, checkpoint)
     if nll_k is not None and not model.stochastic:
-        raise ConfigError(f"--nll-k estimates log p(x) by importance sampling from q(z|x); model {config.model.model!r} "
+        raise ConfigError(f"nll_k (--nll-k) estimates log p(x) by importance sampling from q(z|x); model {config.model.model!r} "
                           f"has no stochastic encoder{model.nll_hint}; use it on a run of a model with one ("
                           + ", ".join(name for name, cls in MODELS.items() if cls.stochastic) + ")")
     if split not in ("test", "val"):

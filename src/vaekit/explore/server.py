@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import errno
 import inspect
+import io
 import json
+import re
 import socket
 import sys
+import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -22,6 +26,10 @@ from .views import MAX_ABS_Z, MAX_BATCH, MAX_STEPS, RequestError, RunView
 
 MAX_BODY = 256 * 1024   # bytes of a request body: 256 codes of 50 numbers fit ten times over
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_CONNECTIONS = 64    # open at once (a browser keeps about 6); one more is answered 503 and closed at once
+REQUEST_SECONDS = 20    # from waiting for a request's first byte to its body's last: a slow or idle client is cut off
+HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::[0-9]{1,5})?")   # RFC 3986 host[:port]
+LENGTH = re.compile(r"[0-9]{1,12}")   # Content-Length: ASCII digits only (str.isdigit takes '²' and '١')
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/explore.js": ("explore.js", "text/javascript; charset=utf-8"),
@@ -52,6 +60,7 @@ class ExploreServer(ThreadingHTTPServer):
 
     def __init__(self, views: list[RunView], host: str, port: int):
         self.views = views
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.info = {"runs": [v.info() for v in views],   # what GET /api/info answers: fixed while the server runs
                      "limits": {"body_bytes": MAX_BODY, "batch": MAX_BATCH, "abs_z": MAX_ABS_Z, "steps": MAX_STEPS}}
         self.static = {path: (resources.files(__package__).joinpath("static", name).read_bytes(), kind)
@@ -71,6 +80,37 @@ class ExploreServer(ThreadingHTTPServer):
             raise
         self.loopback = host in LOOPBACK
 
+    def process_request(self, request, client_address):
+        """A thread per connection, up to MAX_CONNECTIONS; beyond, 503 and close (about 1,020 idle connections used
+        to leave it answering no one)."""
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        """A client gone mid-answer, or cut off by the deadline, is routine: nothing on the terminal (it was a 27-line
+        traceback); anything else is one line."""
+        e = sys.exc_info()[1]
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return
+        print(f"vaekit explore: a connection from {client_address[0]} failed: {type(e).__name__}: {str(e)[:200]}",
+              file=sys.stderr)
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
@@ -80,6 +120,35 @@ class ExploreServer(ThreadingHTTPServer):
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _busy() -> bytes:
+    """The whole answer to a connection beyond MAX_CONNECTIONS, written before any thread is started for it."""
+    body = json.dumps({"error": f"more than {MAX_CONNECTIONS} open connections; close some and try again"}).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Content-Type": "application/json", "Content-Length": len(body),
+                                                  "Connection": "close", **HEADERS}.items())
+    return f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode() + body
+
+
+BUSY = _busy()
+
+
+class DeadlineReader(io.RawIOBase):
+    """The connection's bytes, each read given only the time left before the handler's deadline: a client that sends
+    a byte every few seconds cannot hold a connection for ever, as it could with a timeout per read."""
+
+    def __init__(self, sock: socket.socket, handler: Handler):
+        self.sock, self.handler = sock, handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -93,6 +162,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):   # noqa: A002  (the base class's name)
         pass   # one line per request would drown the terminal: errors are reported below
+
+    def setup(self):
+        super().setup()
+        self.deadline = time.monotonic() + REQUEST_SECONDS
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, self))
+
+    def handle_one_request(self):
+        self.deadline = time.monotonic() + REQUEST_SECONDS   # each request of a kept-alive connection: its own
+        try:
+            super().handle_one_request()
+        except TimeoutError:
+            self.close_connection = True
 
     # ---- answers
     def _send(self, status: int, body: bytes, kind: str) -> None:
@@ -118,8 +199,9 @@ class Handler(BaseHTTPRequestHandler):
         server through a name that resolves to 127.0.0.1 (DNS rebinding)."""
         if not self.server.loopback:
             return True
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
-        return host in LOOPBACK
+        hosts = self.headers.get_all("Host") or []
+        m = HOST.fullmatch(hosts[0].strip()) if len(hosts) == 1 else None
+        return m is not None and (m["v6"] or m["name"]).lower() in LOOPBACK
 
     # ---- methods
     def do_GET(self):
@@ -136,6 +218,12 @@ class Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
+    def not_allowed(self):
+        self.close_connection = True   # a body it may carry is not read
+        self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not served: the page takes GET, the API POST")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = not_allowed
+
     def do_POST(self):
         path = urlsplit(self.path).path
         try:
@@ -148,10 +236,14 @@ class Handler(BaseHTTPRequestHandler):
         self._json(status, answer)
 
     def _read_json(self) -> dict:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
             self.close_connection = True
             raise RequestError("send the body with a Content-Length header", HTTPStatus.LENGTH_REQUIRED)
+        length = lengths[0].strip()
+        if len(lengths) > 1 or not LENGTH.fullmatch(length):
+            self.close_connection = True
+            raise RequestError(f"Content-Length {', '.join(lengths)[:40]!r} is not one whole number of bytes")
         if int(length) > MAX_BODY:
             self.close_connection = True   # the body is not read: the connection cannot carry another request
             raise RequestError(f"the body is {int(length):,} bytes; the limit is {MAX_BODY:,}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)

@@ -14,7 +14,10 @@ pip install 'vaekit[export]'.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -92,12 +95,32 @@ def _export(module: nn.Module, inputs: tuple, input_names: list[str], output_nam
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} for _ in inputs)
     try:
-        program = torch.onnx.export(module, inputs, dynamo=True, dynamic_shapes=dynamic, input_names=input_names,
-                                    output_names=output_names, verbose=False)
+        with _quiet_exporter():
+            program = torch.onnx.export(module, inputs, dynamo=True, dynamic_shapes=dynamic, input_names=input_names,
+                                        output_names=output_names, verbose=False)
     except Exception as e:   # an operation the exporter cannot express: say which network, one line
         raise VaekitError(f"torch.onnx could not export the {path.stem} ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]})") from e
     program.save(str(path))
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx's notes to its own developers kept off the user's terminal: a log line per torchvision op it skips
+    (vaekit uses none; 4 per network) and FutureWarnings about torch's internal tree specs (torch 2.13). A failed
+    export still raises, and is reported in one line."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.onnx._internal.exporter._registration")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 def _check(ort, module, inputs, names, path: Path) -> tuple[float, tuple]:

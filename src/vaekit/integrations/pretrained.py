@@ -22,6 +22,7 @@ from ..errors import CheckpointError, ConfigError, in_one_line
 from ..files import atomic_write_text, new_folder
 from ..models.family import build_model
 from ..outputs.images import image_grid, save_png
+from ..plugins import check_loaded
 from ..store.checkpoint import FORMAT, _read, check_finite, has_checkpoint, load_model, load_state, save_tensors
 from ..store.metrics import read_metrics
 
@@ -119,6 +120,7 @@ def from_pretrained(source: str | Path, device: str = "cpu", revision: str | Non
         raise CheckpointError(f"{folder} has no {CONFIG} and {WEIGHTS}; pass a folder vaekit.save_pretrained wrote, "
                               "or a run directory")
     config = RunConfig.load(folder / CONFIG)   # JSON, never executed
+    check_loaded(config.plugins, folder)
     model = build_model(config.model)
     tensors, _ = _read(folder / WEIGHTS)   # safetensors with vaekit's marker, else a one-line error
     load_state(model, tensors, folder, CONFIG)

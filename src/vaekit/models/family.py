@@ -161,9 +161,9 @@ def check_label(model: LatentModel, label: int | None, name) -> None:
     if label is None:
         return
     if not model.conditional:
-        raise ConfigError(f"--label {label}: {name} is not a conditional model (train one with --model cvae)")
+        raise ConfigError(f"label={label} (--label): {name} is not a conditional model (train one with --model cvae)")
     if not 0 <= label < model.config.num_classes:
-        raise ConfigError(f"--label {label}: {name} knows labels 0..{model.config.num_classes - 1}")
+        raise ConfigError(f"label={label} (--label): {name} knows labels 0..{model.config.num_classes - 1}")
 
 
 class Conditioned:

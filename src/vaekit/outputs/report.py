@@ -116,7 +116,7 @@ def write_report(run_dir, out: str | Path | None = None, options: PlotOptions | 
     run.check_options(options)
     out = Path(out) if out else run.dir / "report.html"
     if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
+        raise ConfigError(f"out={str(out)!r} (--out) is a folder; give a file name such as {out / 'report.html'}")
     figures, skipped = [], []
     for kind in KINDS:
         png, reason = render(kind, [run], options)

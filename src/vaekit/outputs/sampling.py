@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..config.schema import options_of
+from ..config.schema import field_ref, impossible, options_of
 from ..data.dataset import load_run_data
 from ..errors import ConfigError
 from ..files import atomic_write_text
@@ -27,7 +27,7 @@ MAX_SCALE = 16
 class SampleOptions:
     """What sample_run (`vaekit sample RUN`) takes besides the run; each field is the flag of the same name."""
 
-    n: int = 64                        # samples
+    n: int = dataclasses.field(default=64, metadata={"flag": "-n"})   # samples
     out: str | Path | None = None      # the file (None: samples.png, or samples.csv for a table)
     temperature: float = 1.0           # z ~ p(z) with its spread scaled by this
     seed: int = 0
@@ -38,6 +38,7 @@ class SampleOptions:
     noise: bool | None = None          # x ~ p(x|z) rather than its mean (None: draws for tables, means for images)
     checkpoint: str = "last"           # the weights: last or best
     allow_changed_data: bool = False   # a table: read its file again even if it changed since training
+    force: bool = False                # replace `out` if it exists (else an existing file is refused)
 
 
 def sample_run(run_dir: str | Path, options: SampleOptions | None = None, log=print, **fields) -> Path:
@@ -51,19 +52,20 @@ def sample_run(run_dir: str | Path, options: SampleOptions | None = None, log=pr
     n, out, temperature, seed, nrow, scale, device, label, noise, checkpoint, allow_changed_data = (
         o.n, o.out, o.temperature, o.seed, o.nrow, o.scale, o.device, o.label, o.noise, o.checkpoint, o.allow_changed_data)
     if n < 1:
-        raise ConfigError(f"-n {n} is impossible: ask for at least one sample")
+        raise impossible(SampleOptions, "n", n, "ask for at least one sample")
     if not 0 < temperature < float("inf"):
-        raise ConfigError(f"--temperature {temperature} is impossible: it must be > 0")
+        raise impossible(SampleOptions, "temperature", temperature, "it must be > 0")
     if nrow is not None and nrow < 1:
-        raise ConfigError(f"--nrow {nrow} is impossible: give at least one image per row")
+        raise impossible(SampleOptions, "nrow", nrow, "give at least one image per row")
     if not 1 <= scale <= MAX_SCALE:
-        raise ConfigError(f"--scale {scale} is impossible: use 1 to {MAX_SCALE} (pixel upscaling of the PNG)")
+        raise impossible(SampleOptions, "scale", scale, f"use 1 to {MAX_SCALE} (pixel upscaling of the PNG)")
     if out is not None and Path(out).is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name such as {Path(out) / 'samples.png'}")
+        raise ConfigError(f"out={str(out)!r} ({field_ref(SampleOptions, 'out')}) is a folder; give a file name such as {Path(out) / 'samples.png'}")
     model, config, _ = load_model(run_dir, resolve_device(device), checkpoint)
     table = len(config.model.input_shape) == 1  # (D,) rows rather than (C, H, W) images
     if n * math.prod(config.model.input_shape) > MAX_VALUES:
-        raise ConfigError(f"-n {n} asks for {n * math.prod(config.model.input_shape):,} numbers; this command writes at "
+        raise ConfigError(f"n={n} ({field_ref(SampleOptions, 'n')}) asks for {n * math.prod(config.model.input_shape):,} numbers; this "
+                          "command writes at "
                           f"most {MAX_VALUES:,} at once ({MAX_VALUES // math.prod(config.model.input_shape):,} samples of this run)")
     noise = table if noise is None else noise
     out = Path(out or ("samples.csv" if table else "samples.png"))
@@ -72,6 +74,8 @@ def sample_run(run_dir: str | Path, options: SampleOptions | None = None, log=pr
                           f"write its samples as CSV: --out {out.with_suffix('.csv')}")
     if not table and out.suffix.lower() == ".csv":
         raise ConfigError(f"{run_dir} models images, written as a PNG grid: --out {out.with_suffix('.png')}")
+    if out.exists() and not o.force:
+        raise ConfigError(f"{out} exists; pass --force (Python: force=True) to replace it, or choose another --out")
     check_label(model, label, run_dir)
     if model.conditional:
         nrow = nrow or (config.model.num_classes if label is None else None)   # one column per class

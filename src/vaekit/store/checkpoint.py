@@ -22,6 +22,7 @@ from ..config.schema import CHECKPOINTS, RunConfig
 from ..errors import CheckpointError, ConfigError, VaekitError
 from ..files import file_mode, fsync_dir, fsync_file, parse_json
 from ..models.family import build_model
+from ..plugins import check_loaded
 from ..runtime import resolve_device
 
 FORMAT = "vaekit-checkpoint"
@@ -161,10 +162,12 @@ def load_config(run_dir: Path) -> RunConfig:
     if not (run_dir / "config.json").is_file():
         raise CheckpointError(f"{run_dir} has no config.json; is it a vaekit run directory?")
     try:
-        return RunConfig.load(run_dir / "config.json")
+        config = RunConfig.load(run_dir / "config.json")
     except VaekitError as e:
         where = str(run_dir / "config.json")
         raise CheckpointError(str(e) if where in str(e) else f"{where}: {e}") from None
+    check_loaded(config.plugins, run_dir)
+    return config
 
 
 def load_model(run_dir: Path, device: str | torch.device = "cpu", checkpoint: str = "last"):
@@ -180,7 +183,7 @@ def load_model(run_dir: Path, device: str | torch.device = "cpu", checkpoint: st
 
 def _weights_dir(run_dir: Path, checkpoint: str) -> Path:
     if checkpoint not in CHECKPOINTS:
-        raise ConfigError(f"--checkpoint {checkpoint!r} is unknown; choose one of {', '.join(CHECKPOINTS)}")
+        raise ConfigError(f"checkpoint={checkpoint!r} (--checkpoint) is unknown; choose one of {', '.join(CHECKPOINTS)}")
     if checkpoint == "last":
         return _checkpoint_dir(run_dir)
     for name in (BEST, f".{BEST}.old"):

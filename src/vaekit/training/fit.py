@@ -37,7 +37,7 @@ from ..store.metrics import METRICS, append_metric, read_metrics, summary, write
 from ..store.rundir import LOCK, MARKER, RunLock, check_new_run_dir, mark
 from .guard import DivergedError, Guard, step_is_finite, weights_finite
 from .progress import Progress
-from .resolve import check_applicable, check_names, check_support, differences, reads_of, resolve
+from .resolve import check_applicable, check_names, check_support, differences, plugin_modules, reads_of, resolve
 from .schedules import batch_size_at, batch_sizes, hold_fixed, learning_rate, steps_in
 from .signals import Interrupted, stop_on_signals
 from .step import TERMS, Step
@@ -197,7 +197,11 @@ def _set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | N
         data = data or load_data(config.data)
         config = resolve(config, data)
         check_applicable(config)
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, fingerprint=fingerprint(config.data)))
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, fingerprint=fingerprint(config.data)),
+                                     plugins=plugin_modules(config))
+        if "__main__" in config.plugins:
+            log("note: a component of this run is defined in the script itself (__main__): later commands on the run "
+                "cannot find it; define it in a module, and pass --import MODULE to them (vaekit.plugins)")
     tcfg = config.train
     device = resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)   # before seeding: it must not touch the RNG streams

@@ -32,6 +32,9 @@ REGISTRIES = {"models": MODELS, "losses": LOSSES, "priors": PRIORS, "posteriors"
               "data sources": SOURCES, "learning-rate schedules": LR_SCHEDULES}
 
 
+BUILT_IN = {kind: dict(registry) for kind, registry in REGISTRIES.items()}   # before any user's module could add to them
+
+
 def reads_of(entry) -> tuple[str, ...]:
     """The config fields a registry entry reads (a functools.partial: its function's)."""
     return getattr(entry, "reads", None) or getattr(getattr(entry, "func", None), "reads", ())
@@ -119,6 +122,21 @@ def check_names(config: RunConfig) -> None:
             value = getattr(values, f.name)
             if registry is not None and value is not None and value not in registry:
                 raise unknown(section, f.name, value, registry)
+
+
+def plugin_modules(config: RunConfig) -> tuple[str, ...]:
+    """The modules of the registry entries the config names that vaekit did not register itself (users' own
+    components: vaekit.plugins), in the order of the config's fields; recorded in the run's config.json so that later
+    commands can name what they need."""
+    modules = []
+    for name, section in SECTIONS.items():
+        for f in dataclasses.fields(section):
+            kind = f.metadata.get("choices")
+            registry, value = REGISTRIES.get(kind), getattr(getattr(config, name), f.name)
+            if registry is not None and value in registry and registry[value] is not BUILT_IN[kind].get(value):
+                entry = registry[value]
+                modules.append(getattr(getattr(entry, "func", entry), "__module__", None) or "__main__")
+    return tuple(dict.fromkeys(modules))
 
 
 def differences(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -54,7 +54,7 @@ def _options(options: PlotOptions | None, overrides: dict) -> PlotOptions:
 
 def _write(kind: str, runs: list[Run], out: Path, opt: PlotOptions, log: Log) -> Path | Skipped:
     if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / (kind + '.png')}")
+        raise ConfigError(f"out={str(out)!r} (--out) is a folder; give a file name such as {out / (kind + '.png')}")
     png, reason = render(kind, runs, opt)
     if png is None:
         result = Skipped(kind, reason)
@@ -116,10 +116,10 @@ def curves(run, out=None, options: PlotOptions | None = None, **kw) -> Path | Sk
 
 def _out_dir(out: Path) -> Path:
     if out.is_symlink():
-        raise ConfigError(f"--out {out} is a symbolic link; vaekit writes figures only into a real folder (remove the "
+        raise ConfigError(f"out={str(out)!r} (--out) is a symbolic link; vaekit writes figures only into a real folder (remove the "
                           "link or give another --out)")
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder for the figures")
+        raise ConfigError(f"out={str(out)!r} (--out) is a file; give a folder for the figures")
     return out
 
 

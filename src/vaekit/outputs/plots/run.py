@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ...config.schema import option
+from ...config.schema import impossible, option
 from ...data.dataset import Dataset, DataSplits, batches, load_run_data
 from ...errors import ConfigError
 from ...evaluation.evaluate import evaluate
@@ -59,30 +59,30 @@ class PlotOptions:
         if self.pairs is not None:
             object.__setattr__(self, "pairs", tuple(tuple(int(i) for i in p) for p in self.pairs))
         if len(self.z_range) != 2:
-            raise ConfigError(f"--range {self.z_range} is impossible: give two numbers, LO HI")
+            raise impossible(PlotOptions, "z_range", self.z_range, "give two numbers, LO HI")
         lo, hi = self.z_range
         checks = [
-            (self.n_samples >= 1, f"-n {self.n_samples}", "ask for at least one sample"),
-            (self.temperature > 0, f"--temperature {self.temperature:g}", "it must be > 0"),
-            (self.n_reconstructions >= 1, f"--n-recon {self.n_reconstructions}", "show at least one image"),
-            (lo < hi, f"--range {lo:g} {hi:g}", "LO must be below HI"),
-            (max(abs(lo), abs(hi)) <= 1e3, f"--range {lo:g} {hi:g}", "keep |z| <= 1000"),
-            (2 <= self.resolution <= 100, f"--resolution {self.resolution}", "use 2 to 100 images per side"),
-            (self.steps is None or 2 <= self.steps <= 100, f"--steps {self.steps}", "use 2 to 100 images per row"),
+            (self.n_samples >= 1, "n_samples", "ask for at least one sample"),
+            (self.temperature > 0, "temperature", "it must be > 0"),
+            (self.n_reconstructions >= 1, "n_reconstructions", "show at least one image"),
+            (lo < hi, "z_range", "LO must be below HI"),
+            (max(abs(lo), abs(hi)) <= 1e3, "z_range", "keep |z| <= 1000"),
+            (2 <= self.resolution <= 100, "resolution", "use 2 to 100 images per side"),
+            (self.steps is None or 2 <= self.steps <= 100, "steps", "use 2 to 100 images per row"),
             (self.dims is None or (len(self.dims) == 2 and self.dims[0] != self.dims[1] and min(self.dims) >= 0),
-             f"--dims {' '.join(map(str, self.dims or ()))}", "give two different latent indices >= 0"),
-            (self.projection in PROJECTIONS, f"--projection {self.projection!r}", f"choose {', '.join(PROJECTIONS)}"),
-            (self.max_points >= 10, f"--max-points {self.max_points}", "show at least 10 points"),
-            (self.max_rows >= 1, f"--max-rows {self.max_rows}", "show at least one row"),
-            (self.n_pairs >= 1, f"--n-pairs {self.n_pairs}", "ask for at least one pair"),
+             "dims", "give two different latent indices >= 0"),
+            (self.projection in PROJECTIONS, "projection", f"choose {', '.join(PROJECTIONS)}"),
+            (self.max_points >= 10, "max_points", "show at least 10 points"),
+            (self.max_rows >= 1, "max_rows", "show at least one row"),
+            (self.n_pairs >= 1, "n_pairs", "ask for at least one pair"),
             (self.pairs is None or (len(self.pairs) >= 1 and all(len(p) == 2 and min(p) >= 0 for p in self.pairs)),
-             f"--pair {self.pairs}", "give pairs of test-set indices >= 0"),
-            (20 <= self.dpi <= 400, f"--dpi {self.dpi}", "use 20 to 400"),
-            (self.label is None or self.label >= 0, f"--label {self.label}", "labels are class indices >= 0"),
+             "pairs", "give pairs of test-set indices >= 0"),
+            (20 <= self.dpi <= 400, "dpi", "use 20 to 400"),
+            (self.label is None or self.label >= 0, "label", "labels are class indices >= 0"),
         ]
-        for ok, given, fix in checks:
+        for ok, name, fix in checks:   # named as Python and the command line name them: n_samples=0 (..., -n)
             if not ok:
-                raise ConfigError(f"{given} is impossible: {fix}")
+                raise impossible(PlotOptions, name, getattr(self, name), fix)
 
 
 class Run:
@@ -150,7 +150,7 @@ class Run:
     def check_pairs(self, pairs) -> None:
         """Each --pair I J names test images of this run."""
         if max(max(p) for p in pairs) >= len(self.test):
-            raise ConfigError(f"--pair {max(max(p) for p in pairs)}: the test set of {self.name} has {len(self.test)} "
+            raise ConfigError(f"pairs={max(max(p) for p in pairs)} (--pair): the test set of {self.name} has {len(self.test)} "
                               f"images (indices 0..{len(self.test) - 1})")
 
     def label_note(self, label: int | None) -> str:
@@ -239,7 +239,7 @@ class Run:
         """The two latent dimensions a 2-D view shows, and how they were chosen."""
         if dims is not None:
             if max(dims) >= self.latent_dim:
-                raise ConfigError(f"--dims {dims[0]} {dims[1]}: {self.name} has latent_dim={self.latent_dim}; "
+                raise ConfigError(f"dims=({dims[0]}, {dims[1]}) (--dims): {self.name} has latent_dim={self.latent_dim}; "
                                   f"choose two indices in 0..{self.latent_dim - 1}")
             return (dims[0], dims[1]), "chosen"
         if self.latent_dim == 2:
