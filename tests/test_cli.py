@@ -42,7 +42,7 @@ def test_resume_from_the_command_line(tmp_path, capsys):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     assert main(["train", "--resume", str(run), "--lr", "0.1", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "only --epochs, --max-minutes, --early-stop, --checkpoint-every, --device, --threads, --compile may change" in err
+    assert "only --epochs, --max-minutes, --early-stop, --checkpoint-every, --device, --threads, --report, --compile may change" in err
     assert "lr 0.001 -> 0.1" in err          # the message names what differs
 
 

@@ -19,7 +19,7 @@ from vaekit.data.dataset import batches, shard_batches
 from vaekit.distributed import World
 from vaekit.models.distributions import DiagonalGaussian, batch_shard
 from vaekit.models.objectives import LossContext, get_loss
-from vaekit.store.checkpoint import load_model
+from vaekit.store.checkpoint import has_checkpoint, load_model
 from vaekit.store.metrics import read_metrics
 from vaekit.training.step import LossTerms, forward_backward
 
@@ -136,7 +136,7 @@ def test_a_killed_two_process_run_resumes_bit_exactly(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and not (run / "metrics.jsonl").exists():
+    while time.monotonic() < deadline and proc.poll() is None and not has_checkpoint(run):   # metrics.jsonl comes first
         time.sleep(0.05)
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)   # torchrun and both processes, wherever they are
