@@ -31,9 +31,9 @@ from safetensors import safe_open
 
 from vaekit.models.family import build_model
 from vaekit.store.checkpoint import has_checkpoint, load_config, load_trainer_state, load_weights
+from vaekit.store.metrics import run_numbers
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TIMING = ("seconds", "images_per_s")
 # each model's flags and epochs: the README's MNIST VAE; a VQ-VAE whose code prior (fitted after the last epoch) is
 # killed too; the two-layer HVAE
 MODELS = {"vae": (["--latent-dim", "20", "--hidden", "400"], 25),
@@ -85,8 +85,7 @@ def weights(run: Path) -> dict:
 
 
 def metrics(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    return run_numbers([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()])
 
 
 def run_case(case: str, kills: int, rng: random.Random, root: Path) -> dict:

@@ -12,6 +12,15 @@ METRICS = "metrics.jsonl"
 TERMS = ("loss", "recon", "kl", "neg_elbo")
 
 
+# what a metrics line says of the machine it ran on, not of the run: a resumed run repeats every other number exactly
+MACHINE_FIELDS = ("seconds", "images_per_s", "threads", "threads_used", "build_seconds")
+
+
+def run_numbers(rows: list[dict]) -> list[dict]:
+    """The metrics lines without MACHINE_FIELDS: what a run killed and resumed must repeat bit for bit."""
+    return [{k: v for k, v in r.items() if k not in MACHINE_FIELDS} for r in rows]
+
+
 def read_metrics(run_dir: Path, upto: int | None = None, log=None) -> list[dict]:
     """The records of RUN/metrics.jsonl (those of epochs <= upto). An append-only file may end torn (a full
     disk, a kill mid-write) or hold a garbled line: such lines are dropped, and reported to `log`."""
