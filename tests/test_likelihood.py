@@ -207,3 +207,73 @@ def test_the_compiled_estimate_with_a_flow_and_a_vampprior_is_the_eager_one():
     compiled = log_likelihood(model, ds, k=40, compile=True)
     torch.testing.assert_close(compiled["per_example_nll"], eager["per_example_nll"], atol=1e-3, rtol=1e-5)
     assert eager["nll"] <= eager["neg_elbo"] + 1e-6 and eager["kl"] > 0
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    from vaekit import DataConfig, RunConfig, fit
+
+    cfg = RunConfig(ModelConfig(latent_dim=2, hidden_dims=(16,)), DataConfig("digits", val_size=100),
+                    TrainConfig(epochs=1, precision="fp32"))
+    return fit(cfg, tmp_path_factory.mktemp("run") / "run", progress=False, log=lambda s: None).run_dir
+
+
+def test_limit_scores_the_first_n_or_a_seeded_random_n(digits_run):
+    """--limit N: the estimate on N examples of the split (the first N, or a random N drawn with the seed): the
+    same numbers as the estimate on those examples alone."""
+    from vaekit import evaluate_run, load_data
+    from vaekit.store.checkpoint import load_model
+
+    first = evaluate_run(digits_run, nll_k=20, limit=30, progress=False)
+    assert first["n"] == first["likelihood"]["n"] == 30 and first["split_size"] == 297
+    model, config, _ = load_model(digits_run)
+    test = load_data(config.data).test
+    torch.manual_seed(0)
+    evaluate_training_terms = __import__("vaekit").evaluate(model, test.subset(torch.arange(30)), config.train)
+    assert first["objective"] == pytest.approx(evaluate_training_terms["loss"], rel=1e-12)
+    drawn = evaluate_run(digits_run, nll_k=20, limit=30, limit_random=True, seed=3, progress=False)
+    again = evaluate_run(digits_run, nll_k=20, limit=30, limit_random=True, seed=3, progress=False)
+    assert drawn == {**again, "seconds": drawn["seconds"], "likelihood": {**again["likelihood"],
+                                                                           "seconds": drawn["likelihood"]["seconds"]}}
+    assert drawn["objective"] != first["objective"]
+    whole = evaluate_run(digits_run, limit=10**6)   # more than the split: all of it
+    assert whole["n"] == whole["split_size"] == 297
+    with pytest.raises(ConfigError, match=r"limit=0 \(--limit\) is impossible"):
+        evaluate_run(digits_run, limit=0)
+
+
+def test_limit_from_the_command_line(digits_run, capsys):
+    from vaekit.cli.main import main
+
+    assert main(["eval", str(digits_run), "--nll-k", "10", "--limit", "30", "--limit-random", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "a random 30 of the 297 test examples" in out and "-log p(x)" in out
+
+
+def test_a_long_estimate_says_how_far_it_is_every_tenth(monkeypatch):
+    """Off a terminal: a line per 10% with the time left, once the estimate has run QUIET_SECONDS (it printed
+    nothing for 6.7 minutes on 10,000 images)."""
+    import io
+
+    from vaekit.evaluation import eta as progress_module
+    monkeypatch.setattr(progress_module, "QUIET_SECONDS", 0.0)
+    out = io.StringIO()
+    shown = progress_module.TimeLeft(1000, "log p(x), k=5,000", bar=False, stream=out)
+    for _ in range(40):
+        shown.update(25)
+    shown.close()
+    lines = out.getvalue().splitlines()
+    assert [line.split(": ")[1].split("%")[0] for line in lines] == [str(10 * t) for t in range(1, 10)]
+    assert all("left" in line and "of 1,000 images" in line for line in lines)
+    quiet = io.StringIO()
+    shown = progress_module.TimeLeft(1000, "x", bar=False, stream=quiet)   # QUIET_SECONDS of 10 s: a quick estimate
+    monkeypatch.setattr(progress_module, "QUIET_SECONDS", 10.0)
+    shown.update(1000)
+    assert quiet.getvalue() == ""
+
+
+def test_the_estimate_reports_each_batch_to_its_progress():
+    model = build_model(ModelConfig(input_shape=(1, 4, 4), latent_dim=2, hidden_dims=(8,)))
+    seen = []
+    log_likelihood(model, Dataset(torch.rand(37, 1, 4, 4)), k=8, batch_size=10, progress=seen.append)
+    assert seen == [10, 10, 10, 7]

@@ -173,22 +173,39 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def idle_cpus(seconds: float = 0.2) -> float | None:
-    """How many CPUs other processes leave idle over `seconds` (from /proc/stat, less this process's own CPU
-    time from os.times()); None where /proc/stat is absent."""
-    def sample():
+def cpu_sample() -> tuple[float, int, float] | None:
+    """(now, busy jiffies of the whole machine from /proc/stat, this process's CPU seconds): two of them give how
+    many CPUs the other processes left idle in between (idle_between); None where /proc/stat is absent. About 30 us."""
+    try:
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:]]
-        own = os.times()
-        return time.monotonic(), sum(values[:8]) - values[3] - values[4], own.user + own.system   # busy jiffies
-    try:
-        start = sample()
-        time.sleep(seconds)
-        end = sample()
     except (OSError, ValueError):
+        return None
+    own = os.times()
+    return time.monotonic(), sum(values[:8]) - values[3] - values[4], own.user + own.system
+
+
+def idle_between(start, end) -> float | None:
+    """How many CPUs other processes left idle between two cpu_sample()s (this process's own CPU time is not
+    theirs: training at full speed does not count as load)."""
+    if start is None or end is None or end[0] <= start[0]:
         return None
     others = (end[1] - start[1]) / os.sysconf("SC_CLK_TCK") - (end[2] - start[2])   # busy CPU-seconds of the others
     return max(0.0, (os.cpu_count() or 1) - max(others, 0.0) / (end[0] - start[0]))
+
+
+def idle_cpus(seconds: float = 0.2) -> float | None:
+    """How many CPUs other processes leave idle over `seconds` (from /proc/stat, less this process's own CPU
+    time from os.times()); None where /proc/stat is absent."""
+    start = cpu_sample()
+    time.sleep(seconds)
+    return idle_between(start, cpu_sample())
+
+
+def threads_for(idle: float, allowed: int, share: int = 1) -> int:
+    """The threads to use where `idle` CPUs are free, at most `allowed`, shared by `share` processes: a thread only
+    where a core is free (+0.25: a core 75% idle counts as free)."""
+    return max(1, min(allowed, round(idle / share + 0.25)))
 
 
 def resolve_threads(requested: int | None, device: torch.device, idle: float | None = -1.0, share: int = 1) -> int:
@@ -208,8 +225,7 @@ def resolve_threads(requested: int | None, device: torch.device, idle: float | N
     idle = idle_cpus() if idle == -1.0 else idle   # -1: measure now
     if idle is None:
         return min(allowed, torch.get_num_threads())
-    # +0.25: a core 75% idle counts as free
-    return max(1, min(allowed, torch.get_num_threads(), round(idle / share + 0.25)))
+    return min(torch.get_num_threads(), threads_for(idle, allowed, share))
 
 
 def usable_cpus() -> int:

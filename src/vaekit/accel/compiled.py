@@ -26,6 +26,7 @@ stay exact.
 from __future__ import annotations
 
 import dataclasses
+import time
 import types
 from collections.abc import Callable
 
@@ -75,6 +76,7 @@ class CompiledStep:
         # (not with the tests' backend, which stands in for Inductor to spare them its code generation)
         self._ahead = ahead if one_graph and BACKEND == "inductor" else None
         self._tried = self._whole_tried = False
+        self._ahead_seconds = 0.0   # loading or building the packages built ahead of time
         self.split_compiled = True   # False once the split graph failed to compile (the eager step from then on)
         if one_graph:
             names = {id(p): name for name, p in module.named_parameters()}
@@ -94,6 +96,13 @@ class CompiledStep:
     def ahead_of_time(self) -> bool:
         """Whether full batches run the step compiled ahead of time (for at least one batch size so far)."""
         return self._ahead is not None and any(p is not None for p in self._ahead.packages.values())
+
+    @property
+    def build_seconds(self) -> float:
+        """Seconds spent so far compiling the step, or loading or building its packages (each first call, whole): the
+        run's throughput leaves them out, and says them on a line of their own."""
+        return self._compiled_fn.seconds + (self._whole_fn.seconds if self._whole_fn is not None else 0.0) + \
+            self._ahead_seconds
 
     def update(self, x: torch.Tensor, y: torch.Tensor | None, ctx,
                shard: tuple[int, int, int] | None = None) -> torch.Tensor | None:
@@ -147,7 +156,11 @@ class CompiledStep:
             return path, lambda into: aot.build(into, self.eager.whole_step, self.module, self._names, list(self._fixed), ctx,
                                                 betas, eps, args)
 
+        first = len(x) not in self._ahead.packages
+        t0 = time.perf_counter()
         package = self._ahead.package(len(x), plan)
+        if first:
+            self._ahead_seconds += time.perf_counter() - t0
         if package is None:
             return None
         flat = [*args[0], *args[1], *args[2], *args[3], *args[4], args[5], args[6], *args[7], args[8]]
@@ -214,10 +227,16 @@ class _Compiled:
 
     def __init__(self, fn, fullgraph: bool = False):
         self.fn, self.fullgraph, self.compiled = fn, fullgraph, None
+        self.seconds = 0.0   # the first call's: torch.compile compiles then
 
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
+            t0 = time.perf_counter()
             self.compiled = _compile(self.fn, fullgraph=True) if self.fullgraph else _compile(self.fn)
+            try:
+                return self.compiled(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
         return self.compiled(*args, **kwargs)
 
 

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--nll-precision", choices=NLL_PRECISIONS, help="of the --nll-k estimate (default: auto: bf16 "
                     "where this machine runs it faster, else fp32); int8: the compiled estimate's decoder products in "
                     "int8 on a CPU (opt-in: faster with VNNI or AMX, and moves -log p(x) by about 0.02 nats)")
+    ev.add_argument("--limit", type=int, metavar="N", help="score the first N examples of the split only (a quick "
+                    "estimate; its standard error says how quick) (default: all)")
+    ev.add_argument("--limit-random", action="store_true", help="--limit: a random N of the split, drawn with --seed, "
+                    "instead of the first N")
+    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="the --nll-k estimate's "
+                    "progress with the time left (default: a bar on a terminal, else a line per 10%% after 10 s)")
     _checkpoint_flag(ev)
     _common(ev)
 
@@ -301,8 +307,9 @@ def _eval(args) -> int:
         print(json.dumps(r, indent=2))
         return 0
     weights = "" if args.checkpoint == "last" else f", {args.checkpoint} weights"
-    print(f"{r['run']} ({r['model']}, epoch {r['epoch']}{weights}), {r['split']} set of {r['n']} examples, "
-          f"L={r['mc_samples']}, in nats per example:")
+    which = f"{r['split']} set of {r['n']:,} examples" if r["n"] == r["split_size"] else \
+        f"{'a random' if args.limit_random else 'the first'} {r['n']:,} of the {r['split_size']:,} {r['split']} examples"
+    print(f"{r['run']} ({r['model']}, epoch {r['epoch']}{weights}), {which}, L={r['mc_samples']}, in nats per example:")
     elbo = f"   -ELBO {r['neg_elbo']:.2f} (recon {r['recon']:.2f} + kl {r['kl']:.2f})" if "neg_elbo" in r else \
         f"   (recon {r['recon']:.2f})"
     print(f"  objective ({r['loss_name']}) {r['objective']:.2f}{elbo}")

@@ -73,6 +73,14 @@ class Dataset:
             return self.x[:n]
         return self.take(torch.arange(min(n, len(self))))
 
+    def subset(self, idx: torch.Tensor) -> Dataset:
+        """The examples at positions idx (1-D int64) as a Dataset of their own (8-bit storage stays shared)."""
+        y = None if self.y is None else self.y.index_select(0, idx.to(self.y.device))
+        if self.stored:
+            rows = idx if self.rows is None else self.rows.index_select(0, idx.to(self.rows.device))
+            return Dataset(self.x, y, self.binarise, self.scale, rows)
+        return Dataset(self.x.index_select(0, idx.to(self.x.device)), y, self.binarise)
+
     def to(self, device) -> Dataset:
         y = None if self.y is None else self.y.to(device)
         if self.stored and torch.device(device).type == "cpu":

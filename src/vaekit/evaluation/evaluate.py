@@ -22,6 +22,7 @@ from ..models.family import MODELS
 from ..models.objectives import LossContext, get_loss, log_weights_at, posterior
 from ..runtime import autocast, keep_freed_memory, resolve_device, resolve_precision
 from ..store.checkpoint import load_model
+from .eta import TimeLeft
 
 IMAGES_PER_CALL = 4   # log_likelihood's chunks hold samples of at least this many images
 
@@ -55,7 +56,7 @@ MAX_K = 1_000_000   # importance samples per example: 200x the papers' 5,000, a 
 
 @torch.no_grad()
 def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = None, batch_size: int | None = None,
-                   precision: str = "fp32", max_rows: int = 2_500, compile: bool | None = None) -> dict:
+                   precision: str = "fp32", max_rows: int = 2_500, compile: bool | None = None, progress=None) -> dict:
     """Importance-sampled log p(x) with the encoder as proposal (Burda et al. 2016, eq. 8):
 
         log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k,  z_i ~ q(z|x).
@@ -124,6 +125,8 @@ def log_likelihood(model, ds: Dataset, k: int = 5000, chunk_size: int | None = N
         if mu is None:
             mu = torch.empty(n, code.shape[-1], device=ds.device)
         mu[rows] = code
+        if progress is not None:
+            progress(len(xb))
     model.train(was_training)
     nll = -log_px
     n_dims = math.prod(ds.shape)
@@ -211,6 +214,9 @@ class EvalOptions:
     nll_precision: str | None = None   # of the estimate (None: precision, else auto)
     checkpoint: str = "last"           # the weights: last or best
     allow_changed_data: bool = False   # score the run's data even if its files changed since training
+    limit: int | None = None           # score the first N examples of the split only (None: all)
+    limit_random: bool = False         # limit: a random N of the split instead, drawn with `seed`
+    progress: bool | None = None       # the estimate's progress: a bar (True), a line per 10% (False), None: a bar on a terminal
 
 
 def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **fields) -> dict:
@@ -232,6 +238,13 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **fiel
     ds = getattr(load_run_data(config.data, o.data_dir, o.allow_changed_data), split)
     if ds is None:
         raise ConfigError(f"the run {run_dir} was trained with --val-size 0: it has no validation split")
+    total = len(ds)
+    if o.limit is not None:
+        if o.limit < 1:
+            raise ConfigError(f"limit={o.limit} (--limit) is impossible: score at least one example")
+        idx = (torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:o.limit].sort().values
+               if o.limit_random else torch.arange(min(o.limit, total)))
+        ds = ds.subset(idx)
     ds = ds.to(dev)
     train_cfg = dataclasses.replace(config.train, **{k: v for k, v in (("mc_samples", mc_samples), ("precision", precision)) if v is not None})
     torch.manual_seed(seed)
@@ -240,7 +253,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **fiel
     if not all(math.isfinite(v) for v in terms.values()):
         raise ConfigError(f"the {split} loss of {run_dir} is not finite ({terms}); the model or the data hold values it "
                           "cannot score: check the data, or retrain")
-    result = {"run": str(run_dir), "checkpoint": checkpoint, "split": split, "epoch": epoch, "n": len(ds),
+    result = {"run": str(run_dir), "checkpoint": checkpoint, "split": split, "epoch": epoch, "n": len(ds), "split_size": total,
               "model": config.model.model, "loss_name": train_cfg.loss, "mc_samples": train_cfg.mc_samples,
               "objective": terms.pop("loss"), **terms, "seconds": time.perf_counter() - t0,
               **model.evaluation_extras(ds)}
@@ -249,7 +262,12 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **fiel
     if nll_k is not None:
         torch.manual_seed(seed)
         # auto whatever the training precision: bf16 moves the NLL by < 0.01 nats, int8 by about 0.02
-        ll = log_likelihood(model, ds, nll_k, chunk_size=o.chunk_size, precision=o.nll_precision or precision or "auto")
+        shown = TimeLeft(len(ds), f"log p(x), k={nll_k:,}", o.progress)
+        try:
+            ll = log_likelihood(model, ds, nll_k, chunk_size=o.chunk_size, precision=o.nll_precision or precision or "auto",
+                                progress=shown.update)
+        finally:
+            shown.close()
         ll.pop("per_example_nll")
         result["likelihood"] = ll
     return result

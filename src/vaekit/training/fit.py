@@ -41,6 +41,7 @@ from .resolve import check_applicable, check_names, check_support, differences, 
 from .schedules import batch_size_at, batch_sizes, hold_fixed, learning_rate, steps_in
 from .signals import Interrupted, stop_on_signals
 from .step import TERMS, Step
+from .threads import Threads
 
 READ_EVERY = 64   # steps between the host's reads of the steps' sums and finite flags: no wait for the device per step
 RESUMABLE = resumable_fields()   # what a resumed run may change (TrainConfig fields marked resumable)
@@ -80,6 +81,7 @@ class Session:
     world: World = field(default_factory=World)   # this process among the training processes (torchrun)
     data_name: str = ""
     hook_stop: str = ""              # why a hook asked training to stop (empty: go on)
+    threads: Threads | None = None   # the intra-op threads, following the machine while training
 
 
 def fit(config: RunConfig, run_dir: str | Path, resume: bool = False, data: DataSplits | None = None,
@@ -159,6 +161,7 @@ def set_up(config: RunConfig, run_dir: Path, resume: bool, data: DataSplits | No
     s.step = Step(s.model, get_loss(tcfg.loss), s.precision, batch_sizes(tcfg, s.progress.start, tcfg.epochs), compiled, log,
                   world, optimizer=s.optimizer if tcfg.schedule == "joint" else None,   # alternating: hold_fixed between
                   ahead=ahead)
+    s.threads = Threads(tcfg.threads, s.model.device, s.world.local_size, compiled=compiled, log=log)
     if s.progress.start < tcfg.epochs:
         log(banner(s))
     elif resume:
@@ -336,6 +339,8 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         order = torch.randperm(n, generator=s.generator, device=s.train.device)
         s.generator.set_state(data_rng)
     t0 = last_save = time.perf_counter()
+    built_before = s.step.build_seconds
+    s.threads.reset()
     params = list(model.parameters())
     bar = tqdm(total=n, initial=min(n, start * batch_size), unit="img", unit_scale=True, leave=False,
                desc=f"epoch {epoch + 1}/{tcfg.epochs}") if progress else None
@@ -379,6 +384,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         if split:
             optimiser_step(s.optimizer, values[3])
         pending.append((values, shard[2]))
+        s.threads.look()   # another process may have taken a core (a clock read; /proc/stat every EVERY_SECONDS)
         if bar is not None:
             bar.update(len(xb))
         if due or len(pending) >= read_every:
@@ -404,7 +410,12 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
               "train_neg_elbo": means["train_recon"] + means["train_kl"]}
     if s.guard.skipped or s.guard.rollbacks:
         record.update(skipped_steps=s.guard.skipped, rollbacks=s.guard.rollbacks)
-    return {**record, "train_seconds": time.perf_counter() - t0, "t0": t0}
+    built = s.step.build_seconds - built_before   # compiling the step: not training, left out of the throughput
+    if built:
+        record["build_seconds"] = built
+    if len(s.threads.used()) > 1:
+        record["threads_used"] = s.threads.used()   # the counts it changed through, in order (threads: the last)
+    return {**record, "train_seconds": time.perf_counter() - t0 - built, "t0": t0}
 
 
 def save_position(s: Session, epoch: int, step: int, sums: dict, epoch_rng: torch.Tensor) -> None:
@@ -450,7 +461,9 @@ def end_epoch(s: Session, record: dict, hooks, log) -> None:
                          world=s.world)
         record.update({f"val_{k}": v for k, v in terms.items()})
         record.update({f"val_{k}": v for k, v in s.model.validation_extras(s.val).items()})
-    record.update(seconds=time.perf_counter() - t0, images_per_s=len(s.train) / train_seconds, precision=s.precision,
+    if record.get("build_seconds", 0) >= 0.5:
+        log(f"compiled the step in {record['build_seconds']:.1f} s (once; epoch {record['epoch']}'s img/s leaves it out)")
+    record.update(seconds=time.perf_counter() - t0, images_per_s=len(s.train) / max(train_seconds, 1e-9), precision=s.precision,
                   threads=torch.get_num_threads(), compiled=s.step.compiled or s.step.ahead_of_time,
                   ahead_of_time=s.step.ahead_of_time)
     if s.world.distributed:

@@ -140,6 +140,11 @@ class Step:
         """Whether full batches run the step compiled ahead of time (for at least one batch size so far)."""
         return self.fast is not None and self.fast.ahead_of_time
 
+    @property
+    def build_seconds(self) -> float:
+        """Seconds spent so far compiling the step or loading its packages (0 for the eager step)."""
+        return self.fast.build_seconds if self.fast is not None else 0.0
+
     def update(self, x: torch.Tensor, y: torch.Tensor | None, ctx,
                shard: tuple[int, int, int] | None = None) -> torch.Tensor | None:
         """The whole step of a full batch as one compiled graph (CompiledStep.update): TERMS' sums and the finite
