@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,20 @@ def machine() -> dict:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def conditions(peaks: dict | None = None) -> str:
+    """What a speed number needs beside it: the CPU, its matmul peaks measured in the same run, the threads and the
+    load average now. Warns (on stderr) when the load is above 0.5 per core: the numbers are then the machine's
+    other work as much as vaekit's."""
+    m, load = machine(), os.getloadavg()
+    if load[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load[0]:.2f} on {os.cpu_count()} cores (it counts this benchmark's own runs of "
+              "the last minutes too): other work may be running, and the timings will show it; quote them only with "
+              "this load beside them", file=sys.stderr, flush=True)
+    peak = ", ".join(f"{k.split('_')[0]} {v:.0f}" for k, v in (peaks or {}).items())
+    return (f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} threads"
+            + (f", matmul peak {peak} GFLOP/s" if peak else "") + f", load average {load[0]:.2f}, torch {m['torch']}, {m['date']}")
 
 
 def write(name: str, payload: dict, table: list[dict], columns: list[str]) -> Path:

@@ -38,6 +38,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import conditions  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
 RESULTS = HERE / "results"
@@ -212,6 +215,7 @@ def main() -> None:
     python = pythae_python(args.pythae_python)
     limits = {"bf16_gflops": matmul_gflops(torch.bfloat16), "fp32_gflops": matmul_gflops(torch.float32)}
     print(f"matmul limits: bf16 {limits['bf16_gflops']:.0f}, fp32 {limits['fp32_gflops']:.0f} GFLOP/s", flush=True)
+    print(f"before: {conditions(limits)}", flush=True)   # warns when the machine is busy
     built = build_steps()
     print(f"the steps compiled ahead of time, built once: {built}", flush=True)
     contestants = {

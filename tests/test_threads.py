@@ -52,6 +52,18 @@ def test_a_core_shared_with_the_training_threads_counts_as_taken(machine):
     assert __import__("vaekit").runtime.threads_for(1.33, allowed=2) == 2
 
 
+def test_a_window_in_which_the_step_compiled_is_not_read(machine):
+    """Inductor's compile workers are processes of their own: read as load, they took a core from the run that
+    started them, and its numbers changed with the cache (bf16 on the Intel Xeon: 1 and 2 threads train other
+    weights)."""
+    t = threads_module.Threads(None, torch.device("cpu"), log=lambda s: None)
+    machine.extend([0.5, 1.0])
+    t.look(build_seconds=23.0)   # the step compiled since the last look: a new baseline, nothing read
+    assert torch.get_num_threads() == 2 and machine == [0.5, 1.0]
+    t.look(build_seconds=23.0)
+    assert torch.get_num_threads() == 1 and machine == [1.0]
+
+
 def test_an_explicit_count_is_kept_and_warned_about_once(machine):
     lines = []
     t = threads_module.Threads(2, torch.device("cpu"), log=lines.append)

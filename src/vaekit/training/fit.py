@@ -384,7 +384,7 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
         if split:
             optimiser_step(s.optimizer, values[3])
         pending.append((values, shard[2]))
-        s.threads.look()   # another process may have taken a core (a clock read; /proc/stat every EVERY_SECONDS)
+        s.threads.look(s.step.build_seconds)   # another process may have taken a core (a clock read; /proc/stat at times)
         if bar is not None:
             bar.update(len(xb))
         if due or len(pending) >= read_every:
