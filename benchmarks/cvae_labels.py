@@ -50,6 +50,8 @@ def classifier(data, epochs: int = 8) -> tuple[nn.Module, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--per-class", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0, help="z ~ N(0, t^2 I), as vaekit sample --temperature")
+    p.add_argument("--name", default="cvae_labels", help="results/NAME.{json,md}")
     p.add_argument("train_flags", nargs="*", help="flags for vaekit train after --")
     args = p.parse_args()
     peaks = {"bf16_gflops": matmul_gflops(torch.bfloat16), "fp32_gflops": matmul_gflops(torch.float32)}
@@ -64,17 +66,18 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         bound = model.given(labels)
-        images = bound.decode(bound.prior().sample(len(labels))).mean.float()
+        images = bound.decode(bound.prior().sample(len(labels), args.temperature)).mean.float()
         said = net(images).argmax(1)
     per_class = [(said[labels == k] == k).float().mean().item() for k in range(10)]
     share = (said == labels).float().mean().item()
     rows = [{"digit": str(k), "samples classified as asked": per_class[k]} for k in range(10)]
     rows.append({"digit": "all", "samples classified as asked": share})
     flags = " ".join(args.train_flags) or "(the recipe's defaults)"
-    out = write("cvae_labels", {"classifier_accuracy": accuracy, "train_flags": flags, "before": before,
+    out = write(args.name, {"classifier_accuracy": accuracy, "train_flags": flags, "temperature": args.temperature, "before": before,
                                 "after": conditions(peaks)}, rows, ["digit", "samples classified as asked"])
     print(out.read_text())
-    print(f"vaekit train --model cvae {flags}: {share:.3f} of {len(labels):,} samples classified as their label "
+    print(f"vaekit train --model cvae {flags}, temperature {args.temperature:g}: {share:.3f} of {len(labels):,} samples "
+          "classified as their label "
           f"(classifier accuracy {accuracy:.4f}); {before}")
 
 
