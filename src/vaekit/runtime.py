@@ -216,7 +216,8 @@ def resolve_threads(requested: int | None, device: torch.device, idle: float | N
     Measured on this project's 2-core machine (784-400-20 VAE, fp32): idle, 2 threads 31k img/s and 1 thread
     23k; with another process spinning on one core, 2 threads collapse to 8-9k (OpenMP threads wait on the
     busy core) while 1 thread keeps 22-23k. So a thread is used only where a core is free; on this machine
-    the choice did not change a single bit of the trained weights (1 vs 2 threads, fp32 and bf16)."""
+    the choice did not change a single bit of the trained weights (1 vs 2 threads, fp32 and bf16). On the Intel Xeon with
+    AMX it does (training.threads says by how much)."""
     if requested is not None:
         return requested
     allowed = max(1, usable_cpus() // share)

@@ -211,11 +211,11 @@ def _train(args) -> int:
         if args.nproc > most:
             raise VaekitError(f"--nproc {args.nproc} is more than the {most} {what}: use at most {most} (several "
                               "machines: run torchrun -m vaekit train on each)")
-    if args.nproc is not None and args.nproc > 1 and not from_environment().distributed:
-        argv = list(args.argv)
-        if not args.resume and not args.run_dir:   # the processes must agree on the default name: chosen here
-            argv += ["--run-dir", str(_default_run_dir(_new_config(args)))]
-        return _launch(args.nproc, argv)
+        if not from_environment().distributed:   # the command itself, not one of the processes it starts
+            argv = list(args.argv)
+            if not args.resume and not args.run_dir:   # the processes must agree on the default name: chosen here
+                argv += ["--run-dir", str(_default_run_dir(_new_config(args)))]
+            return _launch(args.nproc, argv)
     world = from_environment()
     if world.distributed:
         die_with_parent()   # the launcher killed: this process stops too, rather than wait for it for good

@@ -23,7 +23,7 @@ from ..files import atomic_write_text, new_folder
 from ..models.family import build_model
 from ..outputs.images import image_grid, save_png
 from ..plugins import check_loaded
-from ..store.checkpoint import FORMAT, _read, check_finite, has_checkpoint, load_model, load_state, save_tensors
+from ..store.checkpoint import FORMAT, _read, _weights, check_finite, has_checkpoint, load_model, load_state, save_tensors
 from ..store.metrics import read_metrics
 
 WEIGHTS, CONFIG, CARD, SAMPLES = "model.safetensors", "config.json", "README.md", "samples.png"
@@ -34,8 +34,7 @@ def save_pretrained(run: str | Path, out: str | Path, checkpoint: str = "last") 
     """Write RUN's weights (last or best), config, a sample grid and a model card into the new folder OUT."""
     model, config, epoch = load_model(Path(run), "cpu", checkpoint)
     with new_folder(out, "model") as tmp:
-        weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_tensors(weights, tmp / WEIGHTS, {"format": FORMAT, "epoch": str(epoch), "model": config.model.model,
+        save_tensors(_weights(model), tmp / WEIGHTS, {"format": FORMAT, "epoch": str(epoch), "model": config.model.model,
                                               "folder": "pretrained"})
         atomic_write_text(tmp / CONFIG, json.dumps(shareable(config), indent=2) + "\n")
         with torch.random.fork_rng():

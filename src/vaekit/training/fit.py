@@ -413,8 +413,9 @@ def train_epoch(s: Session, epoch: int, progress: bool) -> dict:
     built = s.step.build_seconds - built_before   # compiling the step: not training, left out of the throughput
     if built:
         record["build_seconds"] = built
-    if len(s.threads.used()) > 1:
-        record["threads_used"] = s.threads.used()   # the counts it changed through, in order (threads: the last)
+    used = s.threads.used()
+    if len(used) > 1:
+        record["threads_used"] = used   # the counts it changed through, in order (threads: the last)
     return {**record, "train_seconds": time.perf_counter() - t0 - built, "t0": t0}
 
 

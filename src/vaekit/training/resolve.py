@@ -112,16 +112,21 @@ def check_applicable(config: RunConfig) -> None:
                           "give --val-size N or drop --early-stop")
 
 
+def _registry_fields(config: RunConfig):
+    """(section, field name, registry kind, value) of every config field that names a registry entry."""
+    for name, section in SECTIONS.items():
+        for f in dataclasses.fields(section):
+            kind = f.metadata.get("choices")
+            if kind in REGISTRIES:
+                yield section, f.name, kind, getattr(getattr(config, name), f.name)
+
+
 def check_names(config: RunConfig) -> None:
     """Every registry name in the config exists (one-line errors naming the field and the flag); None: chosen later
     (vaekit.resolve)."""
-    for name, section in SECTIONS.items():
-        values = getattr(config, name)
-        for f in dataclasses.fields(section):
-            registry = REGISTRIES.get(f.metadata.get("choices"))
-            value = getattr(values, f.name)
-            if registry is not None and value is not None and value not in registry:
-                raise unknown(section, f.name, value, registry)
+    for section, field_name, kind, value in _registry_fields(config):
+        if value is not None and value not in REGISTRIES[kind]:
+            raise unknown(section, field_name, value, REGISTRIES[kind])
 
 
 def plugin_modules(config: RunConfig) -> tuple[str, ...]:
@@ -129,13 +134,10 @@ def plugin_modules(config: RunConfig) -> tuple[str, ...]:
     components: vaekit.plugins), in the order of the config's fields; recorded in the run's config.json so that later
     commands can name what they need."""
     modules = []
-    for name, section in SECTIONS.items():
-        for f in dataclasses.fields(section):
-            kind = f.metadata.get("choices")
-            registry, value = REGISTRIES.get(kind), getattr(getattr(config, name), f.name)
-            if registry is not None and value in registry and registry[value] is not BUILT_IN[kind].get(value):
-                entry = registry[value]
-                modules.append(getattr(getattr(entry, "func", entry), "__module__", None) or "__main__")
+    for _, _, kind, value in _registry_fields(config):
+        entry = REGISTRIES[kind].get(value)
+        if entry is not None and entry is not BUILT_IN[kind].get(value):
+            modules.append(getattr(getattr(entry, "func", entry), "__module__", None) or "__main__")
     return tuple(dict.fromkeys(modules))
 
 

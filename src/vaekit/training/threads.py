@@ -8,16 +8,15 @@ read from /proc/stat (about 30 us) and the count follows them: down at once, up 
 so a passing spike does not make it flap. The rule differs from the start's (runtime.threads_for, measured while
 this process sleeps): while it trains, its threads take CPU from the others too. A process spinning on one core of
 this 2-core machine got 0.67 of a core against 2 training threads (3 runnable threads share 2 cores), which the
-start's rule reads as a core 67% free; here a thread is kept only where less than half a core is taken by others. Each change is logged
-and the epoch's record says the counts it used.
+start's rule reads as a core 67% free; here a thread is kept only where less than half a core is taken by others.
+Each change is logged and the epoch's record says the counts it used.
 
 The price: on some CPUs the thread count changes the numbers. On this project's Intel Xeon with AMX, one epoch of
 `--preset mnist-fast` with 1 and with 2 threads trained weights up to 0.25 apart in bf16 (3.7e-9 in fp32); on the
 AMD EPYC they were bit-identical. So a run whose threads followed the machine repeats bit for bit only where the
 counts did; an explicit --threads N fixes them. It is kept; when the machine is oversubscribed it is warned about
-once. A compiled step keeps
-the count it was compiled with inside its own kernels (torch.compile and the steps built ahead of time fix it), so
-only the eager parts follow; the log says so at the first change.
+once. A compiled step keeps the count it was compiled with inside its own kernels (torch.compile and the steps built
+ahead of time fix it), so only the eager parts follow; the log says so at the first change.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ class Threads:
         self.allowed = max(1, usable_cpus() // share)
         self.last, self.up_votes, self.warned, self.build_seconds = cpu_sample(), 0, False, 0.0
         self.counts = [torch.get_num_threads()]
-        self.changes: list[int] = []   # every change of the run (the first one's log line says what it costs)
+        self.changed = False   # the run's first change says in its log line what a change costs
 
     def look(self, build_seconds: float = 0.0) -> None:
         """build_seconds: the step's compile time so far; a window in which it grew is not read (the compiler's
@@ -72,9 +71,9 @@ class Threads:
             self.up_votes = 0
             self.counts.append(want)
             compiled = " (the compiled step keeps its own count)" if self.compiled else ""
-            first = "" if len(self.changes) else "; on some CPUs another thread count trains other weights (bf16 on " \
-                "an Intel Xeon: up to 0.25 apart after one epoch): --threads N fixes the count, and the run repeats bit for bit"
-            self.changes.append(want)
+            first = "" if self.changed else "; on some CPUs another thread count trains other weights (bf16 on an " \
+                "Intel Xeon: up to 0.25 apart after one epoch): --threads N fixes the count, and the run repeats bit for bit"
+            self.changed = True
             self.log(f"threads {current} -> {want}: other processes leave {idle:.1f} of "
                      f"{self.allowed * self.share} CPUs idle{compiled}{first}")
 
